@@ -1,0 +1,118 @@
+"""Plain, validated configuration records: one training run, and one study.
+
+They are dataclasses of JSON-friendly values, so they can be stored on Optuna trials and
+studies as user attributes and read back by any worker. Nothing here imports Keras or Optuna.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from cifar_search.errors import CifarSearchError
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+PRUNERS = ("median", "hyperband", "none")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CifarSearchError(message)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run of the prescribed CNN depends on, besides the data."""
+
+    optimizer: str = "rmsprop"
+    learning_rate: float = 1e-4
+    batch_size: int = 128
+    epochs: int = 50
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    batch_norm: bool = False
+    dropout_conv: float = 0.0
+    dropout_dense: float = 0.0
+    augment: bool = False
+    shift: float = 0.0
+    flip: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}")
+        _check(self.learning_rate > 0, "learning_rate must be positive")
+        _check(self.batch_size >= 1, "batch_size must be at least 1")
+        _check(self.epochs >= 1, "epochs must be at least 1")
+        _check(self.weight_decay >= 0, "weight_decay must be >= 0")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
+        _check(0 <= self.dropout_conv < 1 and 0 <= self.dropout_dense < 1,
+               "dropout rates must be in [0, 1)")
+        _check(0 <= self.shift < 0.5, "shift must be in [0, 0.5)")
+
+    @property
+    def family(self) -> str:
+        """The assignment's structure family: baseline, +bn, +dropout, +augmentation."""
+        parts = [name for name, on in (("bn", self.batch_norm),
+                                       ("dropout", self.dropout_conv or self.dropout_dense),
+                                       ("aug", self.augment)) if on]
+        return "+".join(parts) or "baseline"
+
+    def describe(self) -> str:
+        """A short one-line summary for progress lines and tables."""
+        parts = [f"{self.optimizer} lr={self.learning_rate:.2g}", f"bs={self.batch_size}",
+                 self.schedule]
+        if self.weight_decay:
+            parts.append(f"wd={self.weight_decay:.2g}")
+        if self.label_smoothing:
+            parts.append(f"ls={self.label_smoothing:g}")
+        if self.batch_norm:
+            parts.append("bn")
+        if self.dropout_conv or self.dropout_dense:
+            parts.append(f"drop={self.dropout_conv:.2f}/{self.dropout_dense:.2f}")
+        if self.augment:
+            parts.append(f"aug(shift={self.shift:.2f}{',flip' if self.flip else ''})")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        _check(not unknown, f"unknown training settings: {sorted(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Settings every worker of a study must share; frozen in the storage by the first worker."""
+
+    seed: int = 0
+    max_epochs: int = 15
+    train_size: int | None = None
+    val_size: int | None = None
+    pruner: str = "median"
+
+    def __post_init__(self) -> None:
+        _check(self.max_epochs >= 1, "max_epochs must be at least 1")
+        _check(self.pruner in PRUNERS, f"pruner must be one of {PRUNERS}")
+        for name in ("train_size", "val_size"):
+            size = getattr(self, name)
+            _check(size is None or size >= 10 * 10,
+                   f"{name} must be at least 100 (10 images per class)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "StudyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,119 @@
+"""Run (or resume, or join) a search: study, frozen configuration, data, split, optimize.
+
+Any number of workers may call :func:`run_search` on the same study and storage; the first
+one creates the study and freezes its configuration, later ones read it and check theirs.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from cifar_search import data, storage
+from cifar_search.config import StudyConfig
+from cifar_search.errors import CifarSearchError
+from cifar_search.space import BASELINE_PARAMS
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """The study's pruner: median (after 5 trials and 3 epochs), Hyperband, or none."""
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.max_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler() -> optuna.samplers.BaseSampler:
+    """Multivariate TPE with the constant liar, so parallel workers spread out their trials."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True)
+
+
+def open_or_create(name: str, url: str) -> tuple[optuna.Study, bool]:
+    """The study and whether this call created it (only the creator freezes its configuration)."""
+    stored = storage.open_storage(url, create=True)
+    try:
+        study = optuna.create_study(study_name=name, storage=stored, direction="maximize",
+                                    sampler=make_sampler())
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return storage.load_study(name, stored, sampler=make_sampler()), False
+
+
+def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> StudyConfig | None:
+    """A study just created by another worker gets its configuration a moment later."""
+    deadline = time.monotonic() + seconds
+    while (config := storage.frozen_config(study)) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return config
+
+
+def split(
+    labels: np.ndarray, config: StudyConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The study's train and validation indices into the 50K: seeded, stratified, subsampled."""
+    train_idx, val_idx = data.split_indices(labels, config.seed)
+    return (data.subsample(train_idx, labels, config.train_size, config.seed),
+            data.subsample(val_idx, labels, config.val_size, config.seed))
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_search(
+    name: str,
+    url: str,
+    *,
+    given: dict[str, Any],
+    n_trials: int,
+    data_dir: str | None = None,
+    enqueue_baseline: bool = True,
+    timeout: float | None = None,
+    log: Callable[[str], None] = print,
+) -> optuna.Study:
+    """Run trials on study ``name`` until it holds ``n_trials`` finished trials in total."""
+    from cifar_search.objective import NonFiniteLossError, Objective  # Deferred: starts Keras.
+
+    if n_trials < 1:
+        raise CifarSearchError("--n-trials must be at least 1")
+    study, created = open_or_create(name, url)
+    frozen = None if created else _wait_for_config(study)
+    config = storage.resolve_config(frozen, given)
+    images, labels = data.load_train(data_dir)
+    fingerprint = data.fingerprint(images, labels)
+    if frozen is None:
+        storage.freeze(study, config, fingerprint)
+        if enqueue_baseline:
+            study.enqueue_trial(BASELINE_PARAMS, user_attrs={"reference": "seed baseline"})
+    else:
+        storage.check_fingerprint(study, fingerprint)
+    study.pruner = make_pruner(config)
+
+    train_idx, val_idx = split(labels, config)
+    done = finished_count(study)
+    log(f"study {name!r}: {done}/{n_trials} trials finished; training on {len(train_idx)} "
+        f"images, validating on {len(val_idx)} (split seed {config.seed}), "
+        f"up to {config.max_epochs} epochs per trial")
+    if done >= n_trials:
+        return study
+    objective = Objective((images[train_idx], labels[train_idx]),
+                          (images[val_idx], labels[val_idx]), config, log)
+    study.optimize(
+        objective,
+        timeout=timeout,
+        callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
+        catch=(NonFiniteLossError,),
+        gc_after_trial=True,
+    )
+    return study

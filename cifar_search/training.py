@@ -1,0 +1,195 @@
+"""One training run of the prescribed CNN from a :class:`TrainConfig`.
+
+The images stay in memory as uint8 and are gathered per batch by shuffled indices; the
+augmentation (random horizontal flip and reflect-padded shifts) is done on whole batches with
+vectorised TensorFlow ops inside the ``tf.data`` pipeline, so it costs little next to the
+network. Nothing here knows of Optuna: callers pass Keras callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cifar_search.config import TrainConfig
+from cifar_search.data import to_one_hot
+from cifar_search.model import build_cnn
+
+EVAL_BATCH_SIZE = 1000
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """Records per-epoch curves and seconds, prints a progress line, stops on a NaN/inf loss."""
+
+    def __init__(self, label: str, epochs: int, log: Callable[[str], None]) -> None:
+        super().__init__()
+        self.label = label
+        self.epochs = epochs
+        self.log = log
+        self.history: dict[str, list[float]] = {key: [] for key in (*HISTORY_KEYS, "seconds")}
+        self.non_finite: str | None = None
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        for key in HISTORY_KEYS:
+            if key in logs:
+                self.history[key].append(float(logs[key]))
+        self.history["seconds"].append(round(time.perf_counter() - self._start, 2))
+        shown = " ".join(f"{k} {self.history[k][-1]:.4f}" for k in HISTORY_KEYS if k in logs)
+        self.log(f"{self.label} epoch {epoch + 1}/{self.epochs}: {shown} "
+                 f"({self.history['seconds'][-1]:.1f}s)")
+        losses = [float(logs[k]) for k in ("loss", "val_loss") if k in logs]
+        if not all(math.isfinite(v) for v in losses):
+            self.non_finite = f"non-finite loss at epoch {epoch + 1}"
+            self.model.stop_training = True
+
+
+def configure_threads(threads: int | None) -> None:
+    """Limit TensorFlow to ``threads`` CPU threads (None keeps its default of all cores).
+
+    Must run before TensorFlow executes anything; later calls are ignored by TensorFlow.
+    """
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        except RuntimeError:  # TensorFlow already initialised: its threads are fixed.
+            pass
+
+
+def augment_batch(images: tf.Tensor, *, shift: float, flip: bool) -> tf.Tensor:
+    """Randomly flip left-right and shift (reflect padding) every image of a uint8 batch."""
+    if flip:
+        mask = tf.random.uniform([tf.shape(images)[0], 1, 1, 1]) < 0.5
+        images = tf.where(mask, tf.reverse(images, axis=[2]), images)
+    pad = int(round(shift * images.shape[1]))
+    if pad:
+        batch = tf.shape(images)[0]
+        size = images.shape[1]
+        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        offsets = tf.random.uniform([2, batch], 0, 2 * pad + 1, dtype=tf.int32)
+        window = tf.range(size)
+        rows = offsets[0][:, None] + window[None, :]
+        cols = offsets[1][:, None] + window[None, :]
+        images = tf.gather(padded, rows, axis=1, batch_dims=1)
+        images = tf.gather(images, cols, axis=2, batch_dims=1)
+    return images
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    shift: float = 0.0,
+    flip: bool = False,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Batches of (uint8 images, one-hot labels), optionally shuffled and augmented."""
+    x = tf.constant(images)
+    y = tf.constant(to_one_hot(labels))
+    indices = tf.data.Dataset.range(len(images))
+    if shuffle:
+        indices = indices.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    batches = indices.batch(batch_size).map(
+        lambda idx: (tf.gather(x, idx), tf.gather(y, idx)), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    if shift or flip:
+        batches = batches.map(
+            lambda xb, yb: (augment_batch(xb, shift=shift, flip=flip), yb),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate or schedule: constant, cosine decay, or 2-epoch warm-up then cosine."""
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "constant":
+        return config.learning_rate
+    if config.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
+    warmup = min(2 * steps_per_epoch, total // 2)
+    return keras.optimizers.schedules.CosineDecay(
+        config.learning_rate / 10, total - warmup,
+        warmup_target=config.learning_rate, warmup_steps=warmup,
+    )
+
+
+def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = learning_rate(config, steps_per_epoch)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+    return keras.optimizers.RMSprop(lr)
+
+
+def compiled_model(config: TrainConfig, train_size: int) -> keras.Model:
+    """The CNN of ``config``, compiled with its optimizer, schedule and loss."""
+    model = build_cnn(
+        batch_norm=config.batch_norm,
+        dropout_conv=config.dropout_conv,
+        dropout_dense=config.dropout_dense,
+    )
+    steps = math.ceil(train_size / config.batch_size)
+    model.compile(
+        optimizer=build_optimizer(config, steps),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def train(
+    config: TrainConfig,
+    train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    model: keras.Model | None = None,
+    initial_epoch: int = 0,
+) -> keras.Model:
+    """Train for ``config.epochs`` epochs (from ``initial_epoch``); return the trained model.
+
+    A ``model`` may be passed to continue training it (e.g. one restored from a checkpoint).
+    """
+    keras.utils.set_random_seed(config.seed + initial_epoch)
+    x, y = train_data
+    if model is None:
+        model = compiled_model(config, len(x))
+    train_ds = make_dataset(
+        x, y, config.batch_size, shuffle=True, seed=config.seed + initial_epoch,
+        shift=config.shift if config.augment else 0.0, flip=config.flip and config.augment,
+    )
+    val_ds = None if val_data is None else make_dataset(*val_data, EVAL_BATCH_SIZE)
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        initial_epoch=initial_epoch,
+        callbacks=list(callbacks),
+        shuffle=False,  # The dataset shuffles itself.
+        verbose=0,
+    )
+    return model
+
+
+def evaluate(model: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """Loss and accuracy of ``model`` on ``data``, in large batches."""
+    result = model.evaluate(make_dataset(*data, EVAL_BATCH_SIZE), verbose=0, return_dict=True)
+    return {"loss": float(result["loss"]), "accuracy": float(result["accuracy"])}
