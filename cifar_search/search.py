@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from cifar_search import data, storage
 from cifar_search.config import StudyConfig
 from cifar_search.errors import CifarSearchError
+from cifar_search.report import summary_line
 from cifar_search.space import BASELINE_PARAMS
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -67,6 +68,16 @@ def split(
             data.subsample(val_idx, labels, config.val_size, config.seed))
 
 
+def _announce(log: Callable[[str], None]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = "" if trial.value is None else f", validation accuracy {trial.value:.4f}"
+        reason = trial.user_attrs.get("fail_reason")
+        log(f"trial {trial.number} {trial.state.name.lower()}{value}"
+            f"{f' ({reason})' if reason else ''}; {summary_line(study)}")
+
+    return callback
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -112,7 +123,7 @@ def run_search(
     study.optimize(
         objective,
         timeout=timeout,
-        callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
+        callbacks=[_announce(log), optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
         catch=(NonFiniteLossError,),
         gc_after_trial=True,
     )

@@ -1,0 +1,150 @@
+"""End-to-end: the installed ``cifar-search`` command on small slices of the real data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cifar_search import data
+
+CLI = str(Path(sys.executable).with_name("cifar-search"))
+SMALL = ["--train-size", "1000", "--val-size", "500", "--max-epochs", "2"]
+
+
+def run(*args: str, cwd: Path, data_dir: Path | None = None, check: bool = True):
+    env = {**os.environ, "CIFAR10_DIR": str(data_dir) if data_dir else ""}
+    done = subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def one_line_error(done) -> str:
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cifar-search: error: "), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    return lines[0]
+
+
+def load(tmp_path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/studies/{name}.db")
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, data_dir):
+    """One small real search of 3 trials, shared by the tests below."""
+    cwd = tmp_path_factory.mktemp("e2e")
+    done = run("search", "--study", "e2e", "--n-trials", "3", *SMALL, cwd=cwd,
+               data_dir=data_dir)
+    return cwd, done
+
+
+def test_search_runs_three_trials_with_progress_and_baseline_first(searched):
+    cwd, done = searched
+    assert "trial 0 epoch 1/2" in done.stdout and "val_accuracy" in done.stdout
+    study = load(cwd, "e2e")
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
+    assert trials[0].params["optimizer"] == "rmsprop"
+    assert trials[0].params["learning_rate"] == 1e-4
+    for t in trials:
+        history = t.user_attrs["history"]
+        assert len(history["val_accuracy"]) == len(t.intermediate_values) >= 1
+        assert t.intermediate_values[1] == history["val_accuracy"][0]
+    config = study.user_attrs["config"]
+    assert config == {"seed": 0, "max_epochs": 2, "train_size": 1000, "val_size": 500,
+                      "pruner": "median"}
+    assert len(study.user_attrs["data_fingerprint"]) == 16
+
+
+def test_status_shows_every_trial(searched):
+    cwd, _ = searched
+    out = run("status", "--study", "e2e", cwd=cwd).stdout
+    assert "study e2e: 3 trials" in out
+    assert out.count("COMPLETE") + out.count("PRUNED") == 3
+    assert "rmsprop lr=0.0001 bs=128 constant" in out
+
+
+def test_search_resumes_and_keeps_finished_trials(searched, data_dir):
+    cwd, _ = searched
+    before = [t.params for t in load(cwd, "e2e").get_trials()]
+    run("search", "--study", "e2e", "--n-trials", "4", cwd=cwd, data_dir=data_dir)
+    trials = load(cwd, "e2e").get_trials()
+    assert len(trials) == 4 and [t.params for t in trials[:3]] == before
+
+
+def test_conflicting_settings_are_refused(searched, data_dir):
+    cwd, _ = searched
+    done = run("search", "--study", "e2e", "--max-epochs", "3", cwd=cwd, data_dir=data_dir,
+               check=False)
+    assert "max_epochs=3 (study has 2)" in one_line_error(done)
+
+
+def test_finalize_evaluates_once_then_refuses_unless_forced(searched, data_dir):
+    cwd, _ = searched
+    done = run("finalize", "--study", "e2e", cwd=cwd, data_dir=data_dir)
+    assert "test accuracy" in done.stdout and "JPEG" in done.stdout
+    study = load(cwd, "e2e")
+    (record,) = study.user_attrs["test_evaluations"]
+    best = study.best_trial
+    assert record["trial"] == best.number and record["epochs"] == best.user_attrs["best_epoch"]
+    assert record["train_images"] == 1500 and 0.0 < record["test_accuracy"] < 1.0
+    assert Path(cwd, record["model_path"]).is_file()
+
+    refused = run("finalize", "--study", "e2e", cwd=cwd, data_dir=data_dir, check=False)
+    assert "already evaluated on the test set (1 time(s)" in one_line_error(refused)
+    assert len(load(cwd, "e2e").user_attrs["test_evaluations"]) == 1
+
+    run("finalize", "--study", "e2e", "--force", cwd=cwd, data_dir=data_dir)
+    records = load(cwd, "e2e").user_attrs["test_evaluations"]
+    assert [(r["number"], r["forced"]) for r in records] == [(1, False), (2, True)]
+    assert "test evaluation #2 (forced)" in run("status", "--study", "e2e", cwd=cwd).stdout
+
+
+def test_search_never_reads_the_test_set(tmp_path, data_dir):
+    """With test_batch absent, a search works and only finalize complains."""
+    folder = tmp_path / "no-test" / data.FOLDER_NAME
+    folder.mkdir(parents=True)
+    for name in data.TRAIN_FILES:
+        (folder / name).symlink_to(data_dir / name)
+    run("search", "--study", "blind", "--n-trials", "1", *SMALL, cwd=tmp_path,
+        data_dir=folder.parent)
+    assert load(tmp_path, "blind").get_trials()[0].state.is_finished()
+    done = run("finalize", "--study", "blind", cwd=tmp_path, data_dir=folder, check=False)
+    assert "test_batch" in one_line_error(done)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["status", "--study", "nope"], "no study database at studies/nope.db"),
+    (["status", "--study", "x", "--storage", "nosuchdb://x"], "no database driver"),
+    (["status", "--study", "x", "--storage", "not a url"], "not a storage URL"),
+    (["status", "--study", "x", "--storage", "postgresql://postgres@127.0.0.1:1/test"],
+     "cannot open storage"),
+    (["search", "--study", "x", "--data-dir", "/nonexistent"], "CIFAR-10 folder not found"),
+])
+def test_bad_input_is_one_line(tmp_path, args, message):
+    assert message in one_line_error(run(*args, cwd=tmp_path, check=False))
+
+
+def test_finalize_without_completed_trial_is_refused(tmp_path, data_dir):
+    storage = f"sqlite:///{tmp_path}/empty.db"
+    study = optuna.create_study(study_name="empty", storage=storage)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    done = run("finalize", "--study", "empty", "--storage", storage, cwd=tmp_path,
+               data_dir=data_dir, check=False)
+    assert "has no completed trial" in one_line_error(done)
+
+
+def test_unknown_study_in_existing_storage_lists_the_others(searched):
+    cwd, _ = searched
+    done = run("status", "--study", "other", "--storage",
+               f"sqlite:///{cwd}/studies/e2e.db", cwd=cwd, check=False)
+    assert "no study named 'other'" in one_line_error(done)
+    assert "e2e" in done.stderr

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+
+from cifar_search import space, training
+from cifar_search.config import TrainConfig
+from cifar_search.errors import CifarSearchError
+
+
+def _images(n=64, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_flip_only_mirrors_some_images_and_keeps_the_others():
+    images = _images()
+    out = training.augment_batch(images, shift=0.0, flip=True).numpy()
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    same = [np.array_equal(o, i) for o, i in zip(out, images)]
+    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert 0 < sum(mirrored) < len(images)
+
+
+def test_shift_moves_each_image_by_its_own_offset_within_the_limit():
+    images = _images()
+    out = training.augment_batch(images, shift=0.1, flip=False).numpy()  # 3 pixels at most
+    offsets = set()
+    for o, i in zip(out, images):
+        padded = np.pad(i, ((3, 3), (3, 3), (0, 0)), mode="reflect")
+        found = [(dy, dx) for dy in range(7) for dx in range(7)
+                 if np.array_equal(o, padded[dy:dy + 32, dx:dx + 32])]
+        assert found, "every output must be a shifted window of its own image"
+        offsets.add(found[0])
+    assert len(offsets) > 5, "offsets are drawn per image, not per batch"
+
+
+def test_dataset_yields_uint8_batches_with_one_hot_labels():
+    labels = np.arange(50) % 10
+    batches = list(training.make_dataset(_images(50), labels, 16, shuffle=True, seed=1))
+    assert [len(x) for x, _ in batches] == [16, 16, 16, 2]
+    x, y = batches[0]
+    assert x.dtype.name == "uint8" and y.shape == (16, 10)
+    seen = np.concatenate([yb.numpy().argmax(1) for _, yb in batches])
+    assert sorted(seen.tolist()) == sorted(labels.tolist())
+
+
+def test_short_training_learns_something(cifar_train):
+    x, y = cifar_train
+    config = TrainConfig(optimizer="adam", learning_rate=2e-3, batch_size=64, epochs=2,
+                         augment=True, shift=0.1, flip=True)
+    recorder = training.HistoryRecorder("t", config.epochs, lambda _: None)
+    training.train(config, (x[:2000], y[:2000]), (x[2000:2500], y[2000:2500]),
+                   callbacks=[recorder])
+    assert len(recorder.history["val_accuracy"]) == 2
+    assert recorder.history["val_accuracy"][-1] > 0.2  # chance is 0.1
+    assert recorder.non_finite is None
+
+
+def test_non_finite_loss_stops_training(cifar_train):
+    x, y = cifar_train
+    config = TrainConfig(optimizer="sgd", learning_rate=1e10, epochs=3)
+    recorder = training.HistoryRecorder("t", config.epochs, lambda _: None)
+    training.train(config, (x[:500], y[:500]), callbacks=[recorder])
+    assert recorder.non_finite and "non-finite loss" in recorder.non_finite
+    assert len(recorder.history["loss"]) < 3 or not math.isfinite(recorder.history["loss"][0])
+
+
+def test_baseline_params_give_the_seed_configuration():
+    config = space.sample(optuna.trial.FixedTrial(space.BASELINE_PARAMS), epochs=50, seed=0)
+    assert config == TrainConfig(optimizer="rmsprop", learning_rate=1e-4, batch_size=128,
+                                 epochs=50)
+    assert config.family == "baseline"
+
+
+def test_sampled_variants_are_recorded_in_the_family():
+    params = {**space.BASELINE_PARAMS, "batch_norm": True, "dropout": True,
+              "dropout_conv": 0.1, "dropout_dense": 0.3, "augment": True, "shift": 0.1}
+    config = space.sample(optuna.trial.FixedTrial(params), epochs=5, seed=0)
+    assert config.family == "bn+dropout+aug"
+    assert (config.dropout_dense, config.shift, config.flip) == (0.3, 0.1, True)
+
+
+def test_invalid_train_config_is_refused():
+    with pytest.raises(CifarSearchError, match="optimizer"):
+        TrainConfig(optimizer="lbfgs")
