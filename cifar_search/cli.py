@@ -46,7 +46,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     study = run_search(
         args.study, _storage_url(args), given=given, n_trials=args.n_trials,
         data_dir=args.data_dir, enqueue_baseline=not args.no_baseline, timeout=args.timeout,
-        log=_log,
+        heartbeat=args.heartbeat, log=_log,
     )
     _print_summary(study)
     return 0
@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as the first trial of a new study")
     search.add_argument("--timeout", type=float, help="stop starting trials after this many "
                         "seconds")
+    search.add_argument("--heartbeat", type=_positive, default=10,
+                        help="seconds between this worker's heartbeats; a trial silent for "
+                        "three of them is failed and retried by another worker (default: 10)")
     search.set_defaults(func=cmd_search)
 
     status = commands.add_parser("status", help="table of a study's trials")
@@ -175,7 +178,8 @@ def _quiet_libraries() -> None:
         os.close(devnull)
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our own lines report every trial; Optuna's would repeat them with tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

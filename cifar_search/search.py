@@ -6,9 +6,11 @@ one creates the study and freezes its configuration, later ones read it and chec
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,8 @@ from cifar_search.report import summary_line
 from cifar_search.space import BASELINE_PARAMS
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Trials that count toward a study's total: finished, or going to be.
+CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -40,9 +44,9 @@ def make_sampler() -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True)
 
 
-def open_or_create(name: str, url: str) -> tuple[optuna.Study, bool]:
+def open_or_create(name: str, url: str, heartbeat: int) -> tuple[optuna.Study, bool]:
     """The study and whether this call created it (only the creator freezes its configuration)."""
-    stored = storage.open_storage(url, create=True)
+    stored = storage.open_storage(url, create=True, heartbeat=heartbeat)
     try:
         study = optuna.create_study(study_name=name, storage=stored, direction="maximize",
                                     sampler=make_sampler())
@@ -82,6 +86,46 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and so re-queue) trials whose worker stopped sending heartbeats."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def total_reached(study: optuna.Study, n_trials: int) -> bool:
+    """True when ``n_trials`` trials are finished or running elsewhere, and none is queued."""
+    _fail_stale_trials(study)
+    claimed = study.get_trials(deepcopy=False, states=CLAIMED)
+    waiting = any(t.state == TrialState.WAITING for t in claimed)
+    return len(claimed) >= n_trials and not waiting
+
+
+def _stop_at_total(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if total_reached(study, n_trials):
+            study.stop()
+
+    return callback
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so a stopped worker leaves its trial ready for a retry."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # Not the main thread: leave signals alone.
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_search(
     name: str,
     url: str,
@@ -91,14 +135,24 @@ def run_search(
     data_dir: str | None = None,
     enqueue_baseline: bool = True,
     timeout: float | None = None,
+    heartbeat: int = storage.HEARTBEAT_SECONDS,
     log: Callable[[str], None] = print,
 ) -> optuna.Study:
-    """Run trials on study ``name`` until it holds ``n_trials`` finished trials in total."""
-    from cifar_search.objective import NonFiniteLossError, Objective  # Deferred: starts Keras.
+    """Run trials on study ``name`` until it holds ``n_trials`` finished trials in total.
+
+    Trials running on other workers count toward the total. On Ctrl-C or SIGTERM the current
+    trial is failed and re-queued with its parameters (it resumes from its checkpoint), and
+    KeyboardInterrupt is raised again for the caller to exit.
+    """
+    from cifar_search.objective import (  # Deferred: starts Keras.
+        NonFiniteLossError,
+        Objective,
+        SurplusTrialError,
+    )
 
     if n_trials < 1:
         raise CifarSearchError("--n-trials must be at least 1")
-    study, created = open_or_create(name, url)
+    study, created = open_or_create(name, url, heartbeat)
     frozen = None if created else _wait_for_config(study)
     config = storage.resolve_config(frozen, given)
     images, labels = data.load_train(data_dir)
@@ -112,19 +166,34 @@ def run_search(
     study.pruner = make_pruner(config)
 
     train_idx, val_idx = split(labels, config)
-    done = finished_count(study)
-    log(f"study {name!r}: {done}/{n_trials} trials finished; training on {len(train_idx)} "
-        f"images, validating on {len(val_idx)} (split seed {config.seed}), "
+    log(f"study {name!r}: {finished_count(study)}/{n_trials} trials finished; training on "
+        f"{len(train_idx)} images, validating on {len(val_idx)} (split seed {config.seed}), "
         f"up to {config.max_epochs} epochs per trial")
-    if done >= n_trials:
+    if total_reached(study, n_trials):
+        log(f"study {name!r} already has its {n_trials} trials (finished or running elsewhere)")
         return study
-    objective = Objective((images[train_idx], labels[train_idx]),
-                          (images[val_idx], labels[val_idx]), config, log)
-    study.optimize(
-        objective,
-        timeout=timeout,
-        callbacks=[_announce(log), optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
-        catch=(NonFiniteLossError,),
-        gc_after_trial=True,
+    objective = Objective(
+        (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]), config,
+        n_trials, storage.checkpoint_store(url), log,
     )
+    try:
+        with _sigterm_as_interrupt():
+            study.optimize(
+                objective,
+                timeout=timeout,
+                callbacks=[_announce(log), _stop_at_total(n_trials)],
+                catch=(NonFiniteLossError, SurplusTrialError),
+                gc_after_trial=True,
+            )
+    except KeyboardInterrupt:
+        _requeue_interrupted(study, objective.current, log)
+        raise
     return study
+
+
+def _requeue_interrupted(study: optuna.Study, number: int | None, log: Callable[[str], None]) -> None:
+    """Re-queue the trial an interrupt cut short, so the next run resumes it."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is not None and trial.state == TrialState.FAIL:
+        storage.retry(study, trial)
+        log(f"trial {number} interrupted; re-queued with the same parameters")

@@ -9,9 +9,10 @@ network. Nothing here knows of Optuna: callers pass Keras callbacks.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
-from collections.abc import Callable
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -28,12 +29,20 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 class HistoryRecorder(keras.callbacks.Callback):
     """Records per-epoch curves and seconds, prints a progress line, stops on a NaN/inf loss."""
 
-    def __init__(self, label: str, epochs: int, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        label: str,
+        epochs: int,
+        log: Callable[[str], None],
+        history: dict[str, list[float]] | None = None,
+    ) -> None:
         super().__init__()
         self.label = label
         self.epochs = epochs
         self.log = log
-        self.history: dict[str, list[float]] = {key: [] for key in (*HISTORY_KEYS, "seconds")}
+        self.history: dict[str, list[float]] = {
+            key: list((history or {}).get(key, [])) for key in (*HISTORY_KEYS, "seconds")
+        }
         self.non_finite: str | None = None
         self._start = 0.0
 
@@ -187,6 +196,22 @@ def train(
         verbose=0,
     )
     return model
+
+
+def model_to_bytes(model: keras.Model) -> bytes:
+    """The model with its optimizer state, as the bytes of a ``.keras`` file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def model_from_bytes(payload: bytes) -> keras.Model:
+    """Inverse of :func:`model_to_bytes`: a compiled model ready to continue training."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(payload)
+        return keras.models.load_model(path)
 
 
 def evaluate(model: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:

@@ -1,0 +1,174 @@
+"""Several real worker processes on one study: shared totals, SIGKILL, Ctrl-C, PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from cifar_search.checkpoints import CheckpointStore
+from cifar_search.search import FINISHED
+
+CLI = str(Path(sys.executable).with_name("cifar-search"))
+PG_URL = os.environ.get("CIFAR_SEARCH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TINY = ["--train-size", "500", "--val-size", "200", "--threads", "1"]
+
+
+class Worker:
+    """One ``cifar-search search`` process whose output is collected in a file."""
+
+    def __init__(self, args: list[str], cwd: Path, data_dir: Path, log: Path) -> None:
+        self.log = log
+        env = {**os.environ, "CIFAR10_DIR": str(data_dir)}
+        with log.open("w") as out:
+            self.proc = subprocess.Popen([CLI, "search", *args], cwd=cwd, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, pattern: str, seconds: float = 300) -> re.Match:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if match := re.search(pattern, self.output()):
+                return match
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in worker output:\n{self.output()}")
+
+    def finish(self, seconds: float = 600) -> int:
+        return self.proc.wait(timeout=seconds)
+
+
+def _pg_available() -> str | None:
+    try:
+        engine = sqlalchemy.create_engine(PG_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as exc:  # Any failure means: no server to test against here.
+        return f"no PostgreSQL server answers at {PG_URL}: {str(exc).splitlines()[0]}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    """A fresh study database: a SQLite file, or a uniquely named study on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/shared.db"
+        return
+    reason = _pg_available()
+    if reason:
+        pytest.skip(reason)
+    yield PG_URL
+
+
+@pytest.fixture
+def study_name(storage_url):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=storage_url)
+    except KeyError:
+        pass
+
+
+def _assert_clean_total(study: optuna.Study, total: int) -> None:
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == total
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    seen = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(seen)) == len(seen), "a parameter set was trained twice"
+
+
+def test_three_workers_share_one_total(tmp_path, data_dir, storage_url, study_name):
+    args = ["--study", study_name, "--storage", storage_url, "--n-trials", "9",
+            "--max-epochs", "1", "--pruner", "none", *TINY]
+    workers = [Worker(args, tmp_path, data_dir, tmp_path / f"w{i}.log") for i in range(3)]
+    codes = [w.finish() for w in workers]
+    outputs = "\n".join(w.output() for w in workers)
+    assert codes == [0, 0, 0], outputs
+    assert "database is locked" not in outputs and "Traceback" not in outputs
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    _assert_clean_total(study, 9)
+    # Every worker did some of the work.
+    assert all(re.search(r"trial \d+ starts", w.output()) for w in workers), outputs
+
+
+def test_killed_worker_trial_resumes_from_its_checkpoint(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/kill.db"
+    args = ["--study", "kill", "--storage", url, "--n-trials", "2", "--max-epochs", "4",
+            "--pruner", "none", "--heartbeat", "2", "--train-size", "2000", "--val-size", "200"]
+    first = Worker(args, tmp_path, data_dir, tmp_path / "first.log")
+    first.wait_for(r"trial 0 epoch 1/4")
+    store = CheckpointStore(sqlalchemy.create_engine(url))
+    deadline = time.monotonic() + 60
+    while store.count("kill") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.proc.send_signal(signal.SIGKILL)
+    first.finish()
+    study = optuna.load_study(study_name="kill", storage=url)
+    assert study.get_trials()[0].state == TrialState.RUNNING  # As the dead worker left it.
+    saved_epoch = store.load("kill", 0).epoch
+    time.sleep(7)  # Past the grace period of three 2-second heartbeats.
+
+    second = Worker(args, tmp_path, data_dir, tmp_path / "second.log")
+    assert second.finish() == 0, second.output()
+    resumed = second.wait_for(r"trial (\d+) resumes trial 0 after epoch (\d+)")
+    assert int(resumed.group(2)) == saved_epoch >= 1
+    resumed_lines = re.findall(rf"trial {resumed.group(1)} epoch (\d)/4", second.output())
+    assert [int(e) for e in resumed_lines] == list(range(saved_epoch + 1, 5))
+    trials = optuna.load_study(study_name="kill", storage=url).get_trials()
+    assert trials[0].state == TrialState.FAIL
+    retried = trials[int(resumed.group(1))]
+    assert retried.state == TrialState.COMPLETE and retried.params == trials[0].params
+    assert len(retried.user_attrs["history"]["val_accuracy"]) == 4
+    assert sorted(retried.intermediate_values) == [1, 2, 3, 4]
+    assert len([t for t in trials if t.state in FINISHED]) == 2
+    assert store.count("kill") == 0, "checkpoints are removed when their trial ends"
+
+
+def test_ctrl_c_requeues_the_trial_and_a_rerun_completes_the_study(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/int.db"
+    args = ["--study", "int", "--storage", url, "--n-trials", "3", "--max-epochs", "3",
+            "--pruner", "none", "--train-size", "2000", "--val-size", "200"]
+    first = Worker(args, tmp_path, data_dir, tmp_path / "first.log")
+    first.wait_for(r"trial 1 epoch 1/3")
+    sent = time.monotonic()
+    first.proc.send_signal(signal.SIGINT)
+    assert first.finish() == 130
+    assert time.monotonic() - sent < 10, "the worker must stop within a few seconds"
+    out = first.output()
+    assert "trial 1 interrupted; re-queued" in out and "Traceback" not in out
+    study = optuna.load_study(study_name="int", storage=url)
+    states = [t.state for t in study.get_trials()]
+    assert states[:2] == [TrialState.COMPLETE, TrialState.FAIL] and TrialState.WAITING in states
+
+    second = Worker(args, tmp_path, data_dir, tmp_path / "second.log")
+    assert second.finish() == 0, second.output()
+    _assert_clean_total(optuna.load_study(study_name="int", storage=url), 3)
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/term.db"
+    args = ["--study", "term", "--storage", url, "--n-trials", "2", "--max-epochs", "3",
+            "--train-size", "2000", "--val-size", "200"]
+    worker = Worker(args, tmp_path, data_dir, tmp_path / "w.log")
+    worker.wait_for(r"trial 0 epoch 1/3")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.finish(30) == 130
+    assert "trial 0 interrupted; re-queued" in worker.output()
+    states = [t.state for t in optuna.load_study(study_name="term", storage=url).get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
