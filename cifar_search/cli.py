@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,38 @@ def cmd_search(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat, log=_log,
     )
     _print_summary(study)
+    return 0
+
+
+def _without_option(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` less the option ``names`` and its value (as "NAME VALUE" or "NAME=VALUE")."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{name}=" for name in names)):
+            kept.append(arg)
+    return kept
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """Start ``-k`` search processes with the same flags and an equal share of the cores."""
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.processes)
+    flags = _without_option(args.argv[1:], ("-k", "--processes"))
+    _log(f"starting {args.processes} workers with {threads} thread(s) each")
+    command = [sys.executable, "-m", "cifar_search", "search", *flags, "--threads", str(threads)]
+    children = [subprocess.Popen(command) for _ in range(args.processes)]
+    try:
+        codes = [child.wait() for child in children]
+    except KeyboardInterrupt:  # The children got the same Ctrl-C and re-queue their trials.
+        codes = [child.wait() for child in children]
+        raise
+    failed = [code for code in codes if code]
+    if failed:
+        raise CifarSearchError(f"{len(failed)} of {len(codes)} workers failed "
+                               f"(exit codes {sorted(set(failed))})")
     return 0
 
 
@@ -103,6 +136,33 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_search(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    _add_data(parser)
+    parser.add_argument("--n-trials", type=_positive, default=20,
+                        help="finished trials the study should hold in total (default: 20)")
+    parser.add_argument("--max-epochs", type=_positive,
+                        help="epochs per trial, at most (frozen; default: 15)")
+    parser.add_argument("--train-size", type=_positive,
+                        help="train on this many of the 40K training images (frozen; "
+                        "default: all)")
+    parser.add_argument("--val-size", type=_positive,
+                        help="validate on this many of the 10K validation images (frozen; "
+                        "default: all)")
+    parser.add_argument("--seed", type=int, help="seed of the train/validation split and of "
+                        "training (frozen; default: 0)")
+    parser.add_argument("--pruner", choices=("median", "hyperband", "none"),
+                        help="stop lagging trials early (frozen; default: median)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="do not enqueue the seed's baseline (RMSprop, lr 1e-4, batch 128) "
+                        "as the first trial of a new study")
+    parser.add_argument("--timeout", type=float, help="stop starting trials after this many "
+                        "seconds")
+    parser.add_argument("--heartbeat", type=_positive, default=10,
+                        help="seconds between this worker's heartbeats; a trial silent for "
+                        "three of them is failed and retried by another worker (default: 10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifar-search",
@@ -115,31 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run trials until the study holds --n-trials finished trials. Settings "
         "marked (frozen) are written into the study by its first run; later runs and other "
         "workers read them and refuse a different value.")
-    _add_common(search)
-    _add_data(search)
-    search.add_argument("--n-trials", type=_positive, default=20,
-                        help="finished trials the study should hold in total (default: 20)")
-    search.add_argument("--max-epochs", type=_positive,
-                        help="epochs per trial, at most (frozen; default: 15)")
-    search.add_argument("--train-size", type=_positive,
-                        help="train on this many of the 40K training images (frozen; "
-                        "default: all)")
-    search.add_argument("--val-size", type=_positive,
-                        help="validate on this many of the 10K validation images (frozen; "
-                        "default: all)")
-    search.add_argument("--seed", type=int, help="seed of the train/validation split and of "
-                        "training (frozen; default: 0)")
-    search.add_argument("--pruner", choices=("median", "hyperband", "none"),
-                        help="stop lagging trials early (frozen; default: median)")
-    search.add_argument("--no-baseline", action="store_true",
-                        help="do not enqueue the seed's baseline (RMSprop, lr 1e-4, batch 128) "
-                        "as the first trial of a new study")
-    search.add_argument("--timeout", type=float, help="stop starting trials after this many "
-                        "seconds")
-    search.add_argument("--heartbeat", type=_positive, default=10,
-                        help="seconds between this worker's heartbeats; a trial silent for "
-                        "three of them is failed and retried by another worker (default: 10)")
+    _add_search(search)
     search.set_defaults(func=cmd_search)
+
+    workers = commands.add_parser(
+        "workers", help="run a search with K worker processes on this machine",
+        description="Start K 'cifar-search search' processes on the same study, each with "
+        "its share of the CPU cores, and wait for them. Ctrl-C stops them all; their "
+        "trials are re-queued.")
+    workers.add_argument("-k", "--processes", type=_positive, default=2,
+                         help="number of worker processes (default: 2)")
+    _add_search(workers)
+    workers.set_defaults(func=cmd_workers)
 
     status = commands.add_parser("status", help="table of a study's trials")
     _add_common(status)
@@ -183,7 +230,9 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     _quiet_libraries()
     try:
         return args.func(args)

@@ -172,3 +172,15 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, data_dir):
     assert "trial 0 interrupted; re-queued" in worker.output()
     states = [t.state for t in optuna.load_study(study_name="term", storage=url).get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_workers_command_starts_k_processes_on_one_study(tmp_path, data_dir):
+    env = {**os.environ, "CIFAR10_DIR": str(data_dir)}
+    done = subprocess.run(
+        [CLI, "workers", "-k", "2", "--study", "pair", "--n-trials", "4", "--max-epochs", "1",
+         "--train-size", "500", "--val-size", "200"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "starting 2 workers with 1 thread(s) each" in done.stdout
+    study = optuna.load_study(study_name="pair", storage=f"sqlite:///{tmp_path}/studies/pair.db")
+    _assert_clean_total(study, 4)

@@ -1,0 +1,40 @@
+"""The search loop in-process, on small real slices."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cifar_search import storage
+from cifar_search.errors import CifarSearchError
+from cifar_search.search import run_search
+from cifar_search.space import BASELINE_PARAMS
+
+SMALL = {"train_size": 500, "val_size": 200, "max_epochs": 1, "pruner": "none"}
+
+
+def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/nan.db"
+    lines: list[str] = []
+    run_search("nan", url, given=SMALL, n_trials=1, data_dir=str(data_dir), log=lines.append)
+    study = optuna.load_study(study_name="nan", storage=url)
+    # The learning rate is outside the space on purpose: Optuna warns and uses it.
+    study.enqueue_trial({**BASELINE_PARAMS, "optimizer": "sgd", "learning_rate": 1e10})
+    run_search("nan", url, given={}, n_trials=2, data_dir=str(data_dir), log=lines.append)
+    trials = optuna.load_study(study_name="nan", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL,
+                                         TrialState.COMPLETE]
+    assert trials[1].user_attrs["fail_reason"] == "non-finite loss at epoch 1"
+    assert any("trial 1 fail" in line and "non-finite loss" in line for line in lines)
+
+
+def test_study_config_is_frozen_and_checked(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/frozen.db"
+    run_search("f", url, given=SMALL, n_trials=1, data_dir=str(data_dir), log=lambda _: None)
+    study = optuna.load_study(study_name="f", storage=url)
+    assert storage.frozen_config(study).to_dict() == {"seed": 0, **SMALL}
+    assert set(study.user_attrs["versions"]) >= {"optuna", "keras", "tensorflow"}
+    with pytest.raises(CifarSearchError, match=r"train_size=600 \(study has 500\)"):
+        run_search("f", url, given={"train_size": 600}, n_trials=2, data_dir=str(data_dir))
+    assert len(study.get_trials()) == 1, "a refused worker writes nothing"
