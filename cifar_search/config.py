@@ -39,6 +39,7 @@ class TrainConfig:
     augment: bool = False
     shift: float = 0.0
     flip: bool = False
+    cutout: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -52,6 +53,7 @@ class TrainConfig:
         _check(0 <= self.dropout_conv < 1 and 0 <= self.dropout_dense < 1,
                "dropout rates must be in [0, 1)")
         _check(0 <= self.shift < 0.5, "shift must be in [0, 0.5)")
+        _check(0 <= self.cutout <= 16, "cutout must be 0 to 16 pixels")
 
     @property
     def family(self) -> str:
@@ -74,7 +76,8 @@ class TrainConfig:
         if self.dropout_conv or self.dropout_dense:
             parts.append(f"drop={self.dropout_conv:.2f}/{self.dropout_dense:.2f}")
         if self.augment:
-            parts.append(f"aug(shift={self.shift:.2f}{',flip' if self.flip else ''})")
+            extras = (",flip" if self.flip else "") + (f",cutout={self.cutout}" if self.cutout else "")
+            parts.append(f"aug(shift={self.shift:.2f}{extras})")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,22 +37,30 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def make_sampler() -> optuna.samplers.BaseSampler:
-    """Multivariate TPE with the constant liar, so parallel workers spread out their trials."""
+def make_sampler(seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """Multivariate TPE with the constant liar, so parallel workers spread out their trials.
+
+    A ``seed`` makes a single worker's choices repeatable; workers sharing a study need
+    different seeds (or none), or they would propose the same trials.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
+                                          seed=seed)
 
 
-def open_or_create(name: str, url: str, heartbeat: int) -> tuple[optuna.Study, bool]:
+def open_or_create(
+    name: str, url: str, heartbeat: int, sampler_seed: int | None = None
+) -> tuple[optuna.Study, bool]:
     """The study and whether this call created it (only the creator freezes its configuration)."""
     stored = storage.open_storage(url, create=True, heartbeat=heartbeat)
+    sampler = make_sampler(sampler_seed)
     try:
         study = optuna.create_study(study_name=name, storage=stored, direction="maximize",
-                                    sampler=make_sampler())
+                                    sampler=sampler)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
-        return storage.load_study(name, stored, sampler=make_sampler()), False
+        return storage.load_study(name, stored, sampler=sampler), False
 
 
 def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> StudyConfig | None:
@@ -136,6 +144,7 @@ def run_search(
     enqueue_baseline: bool = True,
     timeout: float | None = None,
     heartbeat: int = storage.HEARTBEAT_SECONDS,
+    sampler_seed: int | None = None,
     log: Callable[[str], None] = print,
 ) -> optuna.Study:
     """Run trials on study ``name`` until it holds ``n_trials`` finished trials in total.
@@ -152,7 +161,7 @@ def run_search(
 
     if n_trials < 1:
         raise CifarSearchError("--n-trials must be at least 1")
-    study, created = open_or_create(name, url, heartbeat)
+    study, created = open_or_create(name, url, heartbeat, sampler_seed)
     frozen = None if created else _wait_for_config(study)
     config = storage.resolve_config(frozen, given)
     images, labels = data.load_train(data_dir)

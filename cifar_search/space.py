@@ -48,4 +48,5 @@ def sample(trial: optuna.Trial, *, epochs: int, seed: int) -> TrainConfig:
         values["augment"] = True
         values["flip"] = True
         values["shift"] = trial.suggest_float("shift", 0.03, 0.2)
+        values["cutout"] = trial.suggest_categorical("cutout", (0, 8, 12))
     return TrainConfig(**values)

@@ -23,6 +23,7 @@ from cifar_search.data import to_one_hot
 from cifar_search.model import build_cnn
 
 EVAL_BATCH_SIZE = 1000
+CUTOUT_FILL = tf.constant([125, 123, 114], tf.uint8)  # CIFAR-10's mean colour.
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
@@ -83,24 +84,37 @@ def _reflect(index: tf.Tensor, size: int) -> tf.Tensor:
     return tf.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
-def augment_batch(images: tf.Tensor, *, shift: float, flip: bool) -> tf.Tensor:
-    """Randomly shift (reflecting at the edges) and flip left-right every image of a batch.
+def augment_batch(
+    images: tf.Tensor, seed: tf.Tensor, *, shift: float, flip: bool, cutout: int = 0
+) -> tf.Tensor:
+    """Randomly shift (reflecting at the edges), flip and cut out a square of each image.
 
-    Each image gets its own offsets and flip; the whole batch is then one gather of pixels,
-    which is far cheaper than padding, cropping and reversing image by image.
+    Each image gets its own offsets, flip and square; shift and flip are then one gather of
+    pixels for the whole batch, far cheaper than padding, cropping and reversing image by
+    image. The draws are stateless functions of ``seed`` (shape [2]), so a run is repeatable
+    however the pipeline schedules its parallel calls.
     """
     batch, size, channels = tf.shape(images)[0], images.shape[1], images.shape[3]
+    shift_seed, flip_seed, cut_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     pad = int(round(shift * size))
     window = tf.range(size)
-    offsets = tf.random.uniform([2, batch, 1], -pad, pad + 1, dtype=tf.int32)
+    offsets = tf.random.stateless_uniform([2, batch, 1], shift_seed, -pad, pad + 1, tf.int32)
     rows = offsets[0] + window
     cols = offsets[1] + window
     if flip:
-        cols = tf.where(tf.random.uniform([batch, 1]) < 0.5, size - 1 - cols, cols)
+        mirror = tf.random.stateless_uniform([batch, 1], flip_seed) < 0.5
+        cols = tf.where(mirror, size - 1 - cols, cols)
     pixel = _reflect(rows, size)[:, :, None] * size + _reflect(cols, size)[:, None, :]
     flat = tf.reshape(images, [batch, size * size, channels])
-    out = tf.gather(flat, tf.reshape(pixel, [batch, size * size]), batch_dims=1)
-    return tf.reshape(out, tf.shape(images))
+    images = tf.reshape(tf.gather(flat, tf.reshape(pixel, [batch, size * size]), batch_dims=1),
+                        tf.shape(images))
+    if cutout:
+        centre = tf.random.stateless_uniform([2, batch, 1], cut_seed, 0, size, tf.int32)
+        inside_rows = tf.abs(window - centre[0]) <= cutout // 2  # (batch, size)
+        inside_cols = tf.abs(window - centre[1]) <= cutout // 2
+        square = inside_rows[:, :, None, None] & inside_cols[:, None, :, None]
+        images = tf.where(square, CUTOUT_FILL, images)
+    return images
 
 
 def make_dataset(
@@ -111,6 +125,7 @@ def make_dataset(
     shuffle: bool = False,
     shift: float = 0.0,
     flip: bool = False,
+    cutout: int = 0,
     seed: int = 0,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images, one-hot labels), optionally shuffled and augmented."""
@@ -122,9 +137,13 @@ def make_dataset(
     batches = indices.batch(batch_size).map(
         lambda idx: (tf.gather(x, idx), tf.gather(y, idx)), num_parallel_calls=tf.data.AUTOTUNE
     )
-    if shift or flip:
-        batches = batches.map(
-            lambda xb, yb: (augment_batch(xb, shift=shift, flip=flip), yb),
+    if shift or flip or cutout:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        batches = tf.data.Dataset.zip(batches, seeds).map(
+            lambda batch, batch_seed: (
+                augment_batch(batch[0], batch_seed, shift=shift, flip=flip, cutout=cutout),
+                batch[1],
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return batches.prefetch(tf.data.AUTOTUNE)
@@ -191,6 +210,7 @@ def train(
     train_ds = make_dataset(
         x, y, config.batch_size, shuffle=True, seed=config.seed + initial_epoch,
         shift=config.shift if config.augment else 0.0, flip=config.flip and config.augment,
+        cutout=config.cutout if config.augment else 0,
     )
     val_ds = None if val_data is None else make_dataset(*val_data, EVAL_BATCH_SIZE)
     model.fit(

@@ -11,13 +11,16 @@ from cifar_search.config import TrainConfig
 from cifar_search.errors import CifarSearchError
 
 
+SEED = np.array([1, 2])
+
+
 def _images(n=64, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
 def test_flip_only_mirrors_some_images_and_keeps_the_others():
     images = _images()
-    out = training.augment_batch(images, shift=0.0, flip=True).numpy()
+    out = training.augment_batch(images, SEED, shift=0.0, flip=True).numpy()
     assert out.dtype == np.uint8 and out.shape == images.shape
     same = [np.array_equal(o, i) for o, i in zip(out, images)]
     mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
@@ -27,7 +30,7 @@ def test_flip_only_mirrors_some_images_and_keeps_the_others():
 
 def test_shift_moves_each_image_by_its_own_offset_within_the_limit():
     images = _images()
-    out = training.augment_batch(images, shift=0.1, flip=False).numpy()  # 3 pixels at most
+    out = training.augment_batch(images, SEED, shift=0.1, flip=False).numpy()  # 3 px at most
     offsets = set()
     for o, i in zip(out, images):
         padded = np.pad(i, ((3, 3), (3, 3), (0, 0)), mode="reflect")
@@ -36,6 +39,25 @@ def test_shift_moves_each_image_by_its_own_offset_within_the_limit():
         assert found, "every output must be a shifted window of its own image"
         offsets.add(found[0])
     assert len(offsets) > 5, "offsets are drawn per image, not per batch"
+
+
+def test_cutout_fills_one_square_per_image_with_the_mean_colour():
+    images = np.zeros((16, 32, 32, 3), np.uint8)
+    out = training.augment_batch(images, SEED, shift=0.0, flip=False, cutout=8).numpy()
+    filled = (out == [125, 123, 114]).all(axis=-1)
+    for square in filled:
+        rows, cols = np.nonzero(square)
+        height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+        assert 1 <= height <= 9 and 1 <= width <= 9
+        assert square.sum() == height * width
+
+
+def test_augmentation_is_a_function_of_the_seed():
+    images = _images()
+    first = training.augment_batch(images, SEED, shift=0.1, flip=True, cutout=8).numpy()
+    again = training.augment_batch(images, SEED, shift=0.1, flip=True, cutout=8).numpy()
+    other = training.augment_batch(images, SEED + 1, shift=0.1, flip=True, cutout=8).numpy()
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
 
 
 def test_dataset_yields_uint8_batches_with_one_hot_labels():
@@ -78,12 +100,28 @@ def test_baseline_params_give_the_seed_configuration():
 
 def test_sampled_variants_are_recorded_in_the_family():
     params = {**space.BASELINE_PARAMS, "batch_norm": True, "dropout": True,
-              "dropout_conv": 0.1, "dropout_dense": 0.3, "augment": True, "shift": 0.1}
+              "dropout_conv": 0.1, "dropout_dense": 0.3, "augment": True, "shift": 0.1,
+              "cutout": 8}
     config = space.sample(optuna.trial.FixedTrial(params), epochs=5, seed=0)
     assert config.family == "bn+dropout+aug"
-    assert (config.dropout_dense, config.shift, config.flip) == (0.3, 0.1, True)
+    assert (config.dropout_dense, config.shift, config.flip, config.cutout) == (0.3, 0.1, True, 8)
 
 
 def test_invalid_train_config_is_refused():
     with pytest.raises(CifarSearchError, match="optimizer"):
         TrainConfig(optimizer="lbfgs")
+
+
+def test_same_seed_gives_the_same_run(cifar_train):
+    x, y = cifar_train
+    config = TrainConfig(optimizer="adam", learning_rate=2e-3, batch_size=64, epochs=1,
+                         augment=True, shift=0.1, flip=True, cutout=8, dropout_dense=0.3,
+                         batch_norm=True, seed=3)
+    runs = []
+    for seed in (3, 3, 4):
+        recorder = training.HistoryRecorder("t", 1, lambda _: None)
+        training.train(config.replace(seed=seed), (x[:1000], y[:1000]), (x[1000:1500], y[1000:1500]),
+                       callbacks=[recorder])
+        runs.append((recorder.history["loss"], recorder.history["val_accuracy"]))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]

@@ -1,0 +1,48 @@
+"""Seconds each trial of a study spent outside its training epochs (issue: no waste per trial).
+
+A trial's wall time minus the sum of its epoch times (each epoch time includes validation)
+is what the worker spent on sampling, building and compiling the model, storage writes and
+checkpoints. Usage: python benchmarks/overhead.py --study NAME [--storage URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import optuna
+
+from cifar_search.storage import default_url
+
+
+def overheads(study: optuna.Study) -> list[tuple[int, str, int, float, float]]:
+    """(trial, state, epochs, epoch seconds, seconds outside epochs) of each finished trial."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        history = trial.user_attrs.get("history")
+        if trial.duration is None or not history:
+            continue
+        epochs = sum(history["seconds"])
+        rows.append((trial.number, trial.state.name, len(history["seconds"]), epochs,
+                     trial.duration.total_seconds() - epochs))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--storage")
+    args = parser.parse_args()
+    study = optuna.load_study(study_name=args.study, storage=args.storage or default_url(args.study))
+    rows = overheads(study)
+    print("| trial | state | epochs | seconds in epochs | seconds outside epochs |")
+    print("| ---: | --- | ---: | ---: | ---: |")
+    for number, state, epochs, inside, outside in rows:
+        print(f"| {number} | {state} | {epochs} | {inside:.1f} | {outside:.1f} |")
+    outside = [row[4] for row in rows]
+    print(f"\nmedian overhead per trial: {statistics.median(outside):.1f} s "
+          f"(max {max(outside):.1f} s) over {len(rows)} trials")
+
+
+if __name__ == "__main__":
+    main()
