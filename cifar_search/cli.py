@@ -30,10 +30,22 @@ def _storage_url(args: argparse.Namespace) -> str:
     return args.storage or default_url(args.study)
 
 
-def _open_study(args: argparse.Namespace):
+def _open_storage(args: argparse.Namespace):
     from cifar_search import storage
 
-    return storage.load_study(args.study, storage.open_storage(_storage_url(args)))
+    return storage.open_storage(_storage_url(args))
+
+
+def _open_study(args: argparse.Namespace, stored=None):
+    from cifar_search import storage
+
+    return storage.load_study(args.study, stored or _open_storage(args))
+
+
+def _study_dir(args: argparse.Namespace) -> Path:
+    from cifar_search.storage import STUDIES_DIR
+
+    return STUDIES_DIR / args.study
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -104,7 +116,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
     configure_threads(args.threads)
     study = _open_study(args)
-    output = Path(args.output_dir) if args.output_dir else Path("studies") / args.study
+    output = Path(args.output_dir) if args.output_dir else _study_dir(args)
     record = finalize(study, data_dir=args.data_dir, output_dir=output, force=args.force,
                       log=_log)
     _log(f"test accuracy {record['test_accuracy']:.4f} (loss {record['test_loss']:.4f}) for "
@@ -112,6 +124,37 @@ def cmd_finalize(args: argparse.Namespace) -> int:
          f"{record['train_images']} images in {record['train_seconds']:.0f}s; evaluation "
          f"#{record['number']} of this study; model saved to {record['model_path']}")
     _log(f"note: {record['test_note']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cifar_search import dashboard, report
+
+    stored = _open_storage(args)
+    study = _open_study(args, stored)
+    path = report.write_report(study, Path(args.output) if args.output
+                               else _study_dir(args) / "report")
+    dashboard.upload_curves(study, stored, dashboard.artifact_store(args.study))
+    _log(str(path))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from cifar_search.dashboard import artifact_store
+
+    stored = _open_storage(args)
+    _open_study(args, stored)  # Refuses an unknown study before the server starts.
+    _log(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ "
+         f"(study {args.study!r} and the others in its storage); Ctrl-C stops it")
+    try:  # Returns on Ctrl-C: the server (bottle) catches it.
+        optuna_dashboard.run_server(stored, host=args.host, port=args.port,
+                                    artifact_store=artifact_store(args.study))
+    except OSError as exc:
+        raise CifarSearchError(f"cannot serve on {args.host}:{args.port}: "
+                               f"{exc.strerror or exc}") from exc
+    _log("dashboard stopped")
     return 0
 
 
@@ -205,6 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
     final.add_argument("--output-dir", help="where to save the model (default: "
                        "studies/<study>/)")
     final.set_defaults(func=cmd_finalize)
+
+    rep = commands.add_parser(
+        "report", help="write an HTML report of a study (opens offline) and print its path",
+        description="Write index.html with the trial counts, a comparison of the structure "
+        "families against the seed's published numbers, a short analysis, learning curves "
+        "of the best trials and of the final model, and Optuna's views; PNGs of the curves "
+        "go beside it. Each finished trial's curves PNG is also attached to it for "
+        "'cifar-search dashboard' (once per trial). Needs Chrome or Chromium for the PNGs.")
+    _add_common(rep)
+    rep.add_argument("--output", help="folder of the report (default: studies/<study>/report/)")
+    rep.set_defaults(func=cmd_report)
+
+    dash = commands.add_parser(
+        "dashboard", help="serve optuna-dashboard on the study's storage",
+        description="Serve optuna-dashboard on the study's storage, with the curves PNGs "
+        "that 'cifar-search report' attached to the trials (studies/<study>/artifacts/).")
+    _add_common(dash)
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default: 127.0.0.1, this machine only)")
+    dash.add_argument("--port", type=_positive, default=8080,
+                      help="port to listen on (default: 8080)")
+    dash.set_defaults(func=cmd_dashboard)
     return parser
 
 

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from cifar_search import data, storage
+from cifar_search.data import TEST_NOTE
 from cifar_search.config import TrainConfig
 from cifar_search.errors import CifarSearchError
 from cifar_search.search import split
@@ -47,13 +49,18 @@ def finalize(
     data_dir: str | None = None,
     output_dir: Path,
     force: bool = False,
+    repeats: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Retrain the best trial on the study's train+validation images and evaluate it on test.
 
-    Returns the record appended to the study. Raises CifarSearchError if the test set was
-    already evaluated for this study and ``force`` is not set.
+    With ``repeats`` > 1 the retraining is done with that many seeds, to show the spread; all
+    models are trained before any is evaluated, and each is evaluated once. Returns the record
+    appended to the study. Raises CifarSearchError if the test set was already evaluated for
+    this study and ``force`` is not set.
     """
+    if repeats < 1:
+        raise CifarSearchError("--repeats must be at least 1")
     previous = evaluations(study)
     if previous and not force:
         raise CifarSearchError(
@@ -72,36 +79,50 @@ def finalize(
     images, labels = data.load_train(data_dir)
     storage.check_fingerprint(study, data.fingerprint(images, labels))
     train_idx, val_idx = split(labels, study_config)
-    keep = sorted({*train_idx.tolist(), *val_idx.tolist()})
+    keep = np.union1d(train_idx, val_idx)
     test_images, test_labels = data.load_test(data_dir)
 
     log(f"finalize {study.study_name!r}: trial {trial.number} (val {trial.value:.4f}), "
-        f"{config.epochs} epochs on {len(keep)} images: {config.describe()}")
-    recorder = training.HistoryRecorder("final", config.epochs, log)
-    start = time.perf_counter()
-    model = training.train(config, (images[keep], labels[keep]), callbacks=[recorder])
-    train_seconds = time.perf_counter() - start
-    if recorder.non_finite:
-        raise CifarSearchError(f"final training diverged ({recorder.non_finite}); "
-                               f"the test set was not evaluated")
-    result = training.evaluate(model, (test_images, test_labels))
-
+        f"{config.epochs} epochs on {len(keep)} images, {repeats} seed(s): {config.describe()}")
+    number = len(previous) + 1
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_path = output_dir / f"final-{len(previous) + 1}.keras"
-    model.save(model_path)
+    trained = []
+    for i in range(repeats):
+        seeded = config.replace(seed=config.seed + i)
+        recorder = training.HistoryRecorder(f"final seed {seeded.seed}", config.epochs, log)
+        start = time.perf_counter()
+        model = training.train(seeded, (images[keep], labels[keep]), callbacks=[recorder])
+        if recorder.non_finite:
+            raise CifarSearchError(f"final training diverged ({recorder.non_finite}); "
+                                   f"the test set was not evaluated")
+        path = output_dir / f"final-{number}-seed{seeded.seed}.keras"
+        model.save(path)
+        trained.append((seeded.seed, model, path, recorder.history,
+                        round(time.perf_counter() - start, 1)))
+
+    runs = []
+    for seed, model, path, history, seconds in trained:
+        result = training.evaluate(model, (test_images, test_labels))
+        runs.append({"seed": seed, "test_accuracy": result["accuracy"],
+                     "test_loss": result["loss"], "train_seconds": seconds,
+                     "history": history, "model_path": str(path)})
+    accuracies = [run["test_accuracy"] for run in runs]
     record = {
-        "number": len(previous) + 1,
+        "number": number,
         "forced": bool(previous),
         "trial": trial.number,
         "val_accuracy": trial.value,
         "epochs": config.epochs,
         "train_images": len(keep),
-        "train_seconds": round(train_seconds, 1),
-        "test_accuracy": result["accuracy"],
-        "test_loss": result["loss"],
-        "test_note": "23 of the 10,000 test images are JPEG-decoded (lossy) in this copy",
-        "history": recorder.history,
-        "model_path": str(model_path),
+        "repeats": repeats,
+        "test_accuracy": float(np.mean(accuracies)),
+        "test_accuracy_std": float(np.std(accuracies)),
+        "test_loss": float(np.mean([run["test_loss"] for run in runs])),
+        "train_seconds": runs[0]["train_seconds"],
+        "history": runs[0]["history"],
+        "model_path": runs[0]["model_path"],
+        "runs": runs,
+        "test_note": TEST_NOTE,
         "config": config.to_dict(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -1,14 +1,46 @@
-"""Shared fixtures: the real CIFAR-10 folder (``$CIFAR10_DIR`` or ``../shared`` beside the repo)."""
+"""Shared fixtures and helpers: the real CIFAR-10 folder (``$CIFAR10_DIR`` or ``../shared``
+beside the repo), the installed ``cifar-search`` command, and one small finalized study."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COPY = REPO.parent / "shared" / "cifar10" / "cifar-10-batches-py"
+CLI = str(Path(sys.executable).with_name("cifar-search"))
+SMALL = ["--train-size", "1000", "--val-size", "500", "--max-epochs", "2"]
+REPORTED = "small"
+
+
+def run(*args: str, cwd: Path, data_dir: Path | None = None, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the installed command in ``cwd``; with ``check``, fail the test on a non-zero exit."""
+    env = {**os.environ, "CIFAR10_DIR": str(data_dir) if data_dir else "", **(env or {})}
+    done = subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    """The single ``cifar-search: error:`` line of a run that exited 2 without a traceback."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cifar-search: error: "), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    return lines[0]
+
+
+def load(cwd: Path, name: str) -> optuna.Study:
+    """Study ``name`` in its default storage under ``cwd``."""
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd}/studies/{name}.db")
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +57,13 @@ def cifar_train(data_dir):
     from cifar_search import data
 
     return data.load_train(data_dir)
+
+
+@pytest.fixture(scope="session")
+def reported(tmp_path_factory, data_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    """A small real study (3 trials, then finalize) and its ``report``: the folder it lives
+    in, and the report run. Shared by the report and browser tests."""
+    cwd = tmp_path_factory.mktemp("reported")
+    run("search", "--study", REPORTED, "--n-trials", "3", *SMALL, cwd=cwd, data_dir=data_dir)
+    run("finalize", "--study", REPORTED, cwd=cwd, data_dir=data_dir)
+    return cwd, run("report", "--study", REPORTED, cwd=cwd)

@@ -2,39 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import SMALL, load, one_line_error, run
 
 from cifar_search import data
-
-CLI = str(Path(sys.executable).with_name("cifar-search"))
-SMALL = ["--train-size", "1000", "--val-size", "500", "--max-epochs", "2"]
-
-
-def run(*args: str, cwd: Path, data_dir: Path | None = None, check: bool = True):
-    env = {**os.environ, "CIFAR10_DIR": str(data_dir) if data_dir else ""}
-    done = subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def one_line_error(done) -> str:
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cifar-search: error: "), done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    return lines[0]
-
-
-def load(tmp_path: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/studies/{name}.db")
 
 
 @pytest.fixture(scope="module")
