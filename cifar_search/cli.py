@@ -59,7 +59,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     study = run_search(
         args.study, _storage_url(args), given=given, n_trials=args.n_trials,
         data_dir=args.data_dir, enqueue_baseline=not args.no_baseline, timeout=args.timeout,
-        heartbeat=args.heartbeat, log=_log,
+        heartbeat=args.heartbeat, sampler_seed=args.sampler_seed, log=_log,
     )
     _print_summary(study)
     return 0
@@ -118,11 +118,15 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     study = _open_study(args)
     output = Path(args.output_dir) if args.output_dir else _study_dir(args)
     record = finalize(study, data_dir=args.data_dir, output_dir=output, force=args.force,
-                      log=_log)
-    _log(f"test accuracy {record['test_accuracy']:.4f} (loss {record['test_loss']:.4f}) for "
-         f"trial {record['trial']} retrained {record['epochs']} epochs on "
-         f"{record['train_images']} images in {record['train_seconds']:.0f}s; evaluation "
-         f"#{record['number']} of this study; model saved to {record['model_path']}")
+                      repeats=args.repeats, log=_log)
+    for run in record["runs"]:
+        _log(f"seed {run['seed']}: test accuracy {run['test_accuracy']:.4f} "
+             f"(loss {run['test_loss']:.4f}), trained in {run['train_seconds']:.0f}s, "
+             f"saved to {run['model_path']}")
+    spread = f" ± {record['test_accuracy_std']:.4f}" if record["repeats"] > 1 else ""
+    _log(f"test accuracy {record['test_accuracy']:.4f}{spread} for trial {record['trial']} "
+         f"retrained {record['epochs']} epochs on {record['train_images']} images; "
+         f"evaluation #{record['number']} of this study")
     _log(f"note: {record['test_note']}")
     return 0
 
@@ -201,6 +205,9 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         "as the first trial of a new study")
     parser.add_argument("--timeout", type=float, help="stop starting trials after this many "
                         "seconds")
+    parser.add_argument("--sampler-seed", type=int,
+                        help="seed of this worker's sampler, for a repeatable single-worker "
+                        "search (workers of one study need different seeds or none)")
     parser.add_argument("--heartbeat", type=_positive, default=10,
                         help="seconds between this worker's heartbeats; a trial silent for "
                         "three of them is failed and retried by another worker (default: 10)")
@@ -245,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(final)
     final.add_argument("--force", action="store_true",
                        help="evaluate on the test set again although it was done before")
+    final.add_argument("--repeats", type=_positive, default=1,
+                       help="retrain with this many seeds and evaluate each once, to show "
+                       "the spread (default: 1)")
     final.add_argument("--output-dir", help="where to save the model (default: "
                        "studies/<study>/)")
     final.set_defaults(func=cmd_finalize)

@@ -122,3 +122,13 @@ def test_unknown_study_in_existing_storage_lists_the_others(searched):
                f"sqlite:///{cwd}/studies/e2e.db", cwd=cwd, check=False)
     assert "no study named 'other'" in one_line_error(done)
     assert "e2e" in done.stderr
+
+
+def test_finalize_repeats_trains_each_seed_and_records_every_evaluation(tmp_path, data_dir):
+    run("search", "--study", "rep", "--n-trials", "1", *SMALL, cwd=tmp_path, data_dir=data_dir)
+    done = run("finalize", "--study", "rep", "--repeats", "2", cwd=tmp_path, data_dir=data_dir)
+    (record,) = load(tmp_path, "rep").user_attrs["test_evaluations"]
+    assert record["repeats"] == 2 and [r["seed"] for r in record["runs"]] == [0, 1]
+    accuracies = [r["test_accuracy"] for r in record["runs"]]
+    assert record["test_accuracy"] == pytest.approx(sum(accuracies) / 2)
+    assert done.stdout.count("test accuracy") == 3 and " ± " in done.stdout
