@@ -13,19 +13,6 @@ import optuna
 
 from cifar_search.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
-# The seed assignment's reference configuration: RMSprop, lr 1e-4, batch 128, no variants.
-BASELINE_PARAMS: dict[str, Any] = {
-    "optimizer": "rmsprop",
-    "learning_rate": 1e-4,
-    "batch_size": 128,
-    "schedule": "constant",
-    "label_smoothing": 0.0,
-    "batch_norm": False,
-    "dropout": False,
-    "augment": False,
-}
-
-
 def sample(trial: optuna.Trial, *, epochs: int, seed: int) -> TrainConfig:
     """Sample one training configuration for ``epochs`` epochs with training seed ``seed``."""
     optimizer = trial.suggest_categorical("optimizer", OPTIMIZERS)
@@ -50,3 +37,28 @@ def sample(trial: optuna.Trial, *, epochs: int, seed: int) -> TrainConfig:
         values["shift"] = trial.suggest_float("shift", 0.03, 0.2)
         values["cutout"] = trial.suggest_categorical("cutout", (0, 8, 12))
     return TrainConfig(**values)
+
+
+def params_of(config: TrainConfig) -> dict[str, Any]:
+    """The trial parameters that make :func:`sample` return ``config`` (to enqueue it)."""
+    params: dict[str, Any] = {
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        "batch_size": config.batch_size,
+        "schedule": config.schedule,
+        "label_smoothing": config.label_smoothing,
+        "batch_norm": config.batch_norm,
+        "dropout": bool(config.dropout_conv or config.dropout_dense),
+        "augment": config.augment,
+    }
+    if config.optimizer == "adamw":
+        params["weight_decay"] = config.weight_decay
+    if params["dropout"]:
+        params |= {"dropout_conv": config.dropout_conv, "dropout_dense": config.dropout_dense}
+    if config.augment:
+        params |= {"shift": config.shift, "cutout": config.cutout}
+    return params
+
+
+# The seed assignment's reference configuration: RMSprop, lr 1e-4, batch 128, no variants.
+BASELINE_PARAMS: dict[str, Any] = params_of(TrainConfig())

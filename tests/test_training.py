@@ -125,3 +125,15 @@ def test_same_seed_gives_the_same_run(cifar_train):
         runs.append((recorder.history["loss"], recorder.history["val_accuracy"]))
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("config", [
+    TrainConfig(),
+    TrainConfig(optimizer="adamw", learning_rate=3e-3, weight_decay=1e-3, batch_norm=True,
+                dropout_conv=0.1, dropout_dense=0.4, augment=True, shift=0.12, flip=True,
+                cutout=8, schedule="cosine", label_smoothing=0.1),
+])
+def test_params_of_inverts_sample(config):
+    again = space.sample(optuna.trial.FixedTrial(space.params_of(config)),
+                         epochs=config.epochs, seed=config.seed)
+    assert again == config
