@@ -10,7 +10,7 @@ import contextlib
 import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,8 @@ from cifar_search import data, storage
 from cifar_search.config import StudyConfig
 from cifar_search.errors import CifarSearchError
 from cifar_search.report import summary_line
-from cifar_search.space import BASELINE_PARAMS
+from cifar_search.presets import get as get_preset
+from cifar_search.space import BASELINE_PARAMS, params_of
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trials that count toward a study's total: finished, or going to be.
@@ -145,6 +146,7 @@ def run_search(
     timeout: float | None = None,
     heartbeat: int = storage.HEARTBEAT_SECONDS,
     sampler_seed: int | None = None,
+    presets: Sequence[str] = (),
     log: Callable[[str], None] = print,
 ) -> optuna.Study:
     """Run trials on study ``name`` until it holds ``n_trials`` finished trials in total.
@@ -161,6 +163,7 @@ def run_search(
 
     if n_trials < 1:
         raise CifarSearchError("--n-trials must be at least 1")
+    warm_starts = [(name, get_preset(name)) for name in presets]
     study, created = open_or_create(name, url, heartbeat, sampler_seed)
     frozen = None if created else _wait_for_config(study)
     config = storage.resolve_config(frozen, given)
@@ -172,6 +175,9 @@ def run_search(
             study.enqueue_trial(BASELINE_PARAMS, user_attrs={"reference": "seed baseline"})
     else:
         storage.check_fingerprint(study, fingerprint)
+    for name, preset in warm_starts:
+        study.enqueue_trial(params_of(preset.config), user_attrs={"preset": name},
+                            skip_if_exists=True)
     study.pruner = make_pruner(config)
 
     train_idx, val_idx = split(labels, config)

@@ -38,3 +38,19 @@ def test_study_config_is_frozen_and_checked(tmp_path, data_dir):
     with pytest.raises(CifarSearchError, match=r"train_size=600 \(study has 500\)"):
         run_search("f", url, given={"train_size": 600}, n_trials=2, data_dir=str(data_dir))
     assert len(study.get_trials()) == 1, "a refused worker writes nothing"
+
+
+def test_presets_are_enqueued_once_and_run_first(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/preset.db"
+    for _ in range(2):  # The second run must not enqueue the preset again.
+        run_search("p", url, given=SMALL, n_trials=2, data_dir=str(data_dir),
+                   presets=["bn-aug-adamw"], log=lambda _: None)
+    trials = optuna.load_study(study_name="p", storage=url).get_trials()
+    assert len(trials) == 2
+    assert trials[1].user_attrs["preset"] == "bn-aug-adamw"
+    assert trials[1].user_attrs["train_config"]["optimizer"] == "adamw"
+
+
+def test_unknown_preset_is_refused(tmp_path):
+    with pytest.raises(CifarSearchError, match="no preset named 'x'"):
+        run_search("p", f"sqlite:///{tmp_path}/x.db", given={}, n_trials=1, presets=["x"])
