@@ -55,7 +55,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     configure_threads(args.threads)
     given = {key: getattr(args, key) for key in ("seed", "max_epochs", "train_size",
-                                                  "val_size", "pruner")}
+                                                  "val_size", "pruner", "layers")}
     given = {key: value for key, value in given.items() if value is not None}
     study = run_search(
         args.study, _storage_url(args), given=given, n_trials=args.n_trials,
@@ -201,6 +201,10 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         "training (frozen; default: 0)")
     parser.add_argument("--pruner", choices=("median", "hyperband", "none"),
                         help="stop lagging trials early (frozen; default: median)")
+    parser.add_argument("--layers", choices=("variants", "prescribed"),
+                        help="'prescribed': search the recipe for the bare prescribed layers "
+                        "only; 'variants': batch norm and dropout may be added (frozen; "
+                        "default: variants)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="do not enqueue the seed's baseline (RMSprop, lr 1e-4, batch 128) "
                         "as the first trial of a new study")

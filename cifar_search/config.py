@@ -15,6 +15,8 @@ from cifar_search.errors import CifarSearchError
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PRUNERS = ("median", "hyperband", "none")
+# "variants": batch norm and dropout may be searched; "prescribed": the bare layers only.
+LAYERS = ("variants", "prescribed")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -103,10 +105,12 @@ class StudyConfig:
     train_size: int | None = None
     val_size: int | None = None
     pruner: str = "median"
+    layers: str = "variants"
 
     def __post_init__(self) -> None:
         _check(self.max_epochs >= 1, "max_epochs must be at least 1")
         _check(self.pruner in PRUNERS, f"pruner must be one of {PRUNERS}")
+        _check(self.layers in LAYERS, f"layers must be one of {LAYERS}")
         for name in ("train_size", "val_size"):
             size = getattr(self, name)
             _check(size is None or size >= 10 * 10,

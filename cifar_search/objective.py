@@ -98,7 +98,8 @@ class Objective:
         gc.collect()
         key = original_number(trial)
         config = space.sample(trial, epochs=self.study_config.max_epochs,
-                              seed=self.study_config.seed + key)
+                              seed=self.study_config.seed + key,
+                              variants=self.study_config.layers == "variants")
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("family", config.family)
 

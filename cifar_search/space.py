@@ -13,8 +13,12 @@ import optuna
 
 from cifar_search.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
-def sample(trial: optuna.Trial, *, epochs: int, seed: int) -> TrainConfig:
-    """Sample one training configuration for ``epochs`` epochs with training seed ``seed``."""
+def sample(trial: optuna.Trial, *, epochs: int, seed: int, variants: bool = True) -> TrainConfig:
+    """Sample one training configuration for ``epochs`` epochs with training seed ``seed``.
+
+    Without ``variants`` the layers stay exactly the prescribed ones (no batch norm, no
+    dropout); the training recipe, augmentation included, is still searched.
+    """
     optimizer = trial.suggest_categorical("optimizer", OPTIMIZERS)
     values: dict[str, Any] = {
         "optimizer": optimizer,
@@ -22,13 +26,13 @@ def sample(trial: optuna.Trial, *, epochs: int, seed: int) -> TrainConfig:
         "batch_size": trial.suggest_categorical("batch_size", (64, 128, 256)),
         "schedule": trial.suggest_categorical("schedule", SCHEDULES),
         "label_smoothing": trial.suggest_categorical("label_smoothing", (0.0, 0.1)),
-        "batch_norm": trial.suggest_categorical("batch_norm", (False, True)),
+        "batch_norm": variants and trial.suggest_categorical("batch_norm", (False, True)),
         "epochs": epochs,
         "seed": seed,
     }
     if optimizer == "adamw":
         values["weight_decay"] = trial.suggest_float("weight_decay", 1e-4, 3e-2, log=True)
-    if trial.suggest_categorical("dropout", (False, True)):
+    if variants and trial.suggest_categorical("dropout", (False, True)):
         values["dropout_conv"] = trial.suggest_float("dropout_conv", 0.0, 0.3)
         values["dropout_dense"] = trial.suggest_float("dropout_dense", 0.1, 0.6)
     if trial.suggest_categorical("augment", (False, True)):

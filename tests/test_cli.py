@@ -34,7 +34,7 @@ def test_search_runs_three_trials_with_progress_and_baseline_first(searched):
         assert t.intermediate_values[1] == history["val_accuracy"][0]
     config = study.user_attrs["config"]
     assert config == {"seed": 0, "max_epochs": 2, "train_size": 1000, "val_size": 500,
-                      "pruner": "median"}
+                      "pruner": "median", "layers": "variants"}
     assert len(study.user_attrs["data_fingerprint"]) == 16
 
 

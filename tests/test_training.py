@@ -137,3 +137,13 @@ def test_params_of_inverts_sample(config):
     again = space.sample(optuna.trial.FixedTrial(space.params_of(config)),
                          epochs=config.epochs, seed=config.seed)
     assert again == config
+
+
+def test_prescribed_layers_only_never_sample_variants():
+    study = optuna.create_study()
+    for _ in range(20):
+        trial = study.ask()
+        config = space.sample(trial, epochs=1, seed=0, variants=False)
+        assert not (config.batch_norm or config.dropout_conv or config.dropout_dense)
+        assert "batch_norm" not in trial.params and "dropout" not in trial.params
+        study.tell(trial, 0.5)
