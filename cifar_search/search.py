@@ -163,7 +163,7 @@ def run_search(
 
     if n_trials < 1:
         raise CifarSearchError("--n-trials must be at least 1")
-    warm_starts = [(name, get_preset(name)) for name in presets]
+    warm_starts = [(preset, get_preset(preset)) for preset in presets]
     study, created = open_or_create(name, url, heartbeat, sampler_seed)
     frozen = None if created else _wait_for_config(study)
     config = storage.resolve_config(frozen, given)
@@ -175,8 +175,8 @@ def run_search(
             study.enqueue_trial(BASELINE_PARAMS, user_attrs={"reference": "seed baseline"})
     else:
         storage.check_fingerprint(study, fingerprint)
-    for name, preset in warm_starts:
-        study.enqueue_trial(params_of(preset.config), user_attrs={"preset": name},
+    for preset_name, preset in warm_starts:
+        study.enqueue_trial(params_of(preset.config), user_attrs={"preset": preset_name},
                             skip_if_exists=True)
     study.pruner = make_pruner(config)
 

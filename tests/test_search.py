@@ -42,9 +42,11 @@ def test_study_config_is_frozen_and_checked(tmp_path, data_dir):
 
 def test_presets_are_enqueued_once_and_run_first(tmp_path, data_dir):
     url = f"sqlite:///{tmp_path}/preset.db"
+    lines: list[str] = []
     for _ in range(2):  # The second run must not enqueue the preset again.
         run_search("p", url, given=SMALL, n_trials=2, data_dir=str(data_dir),
-                   presets=["bn-aug-adamw"], log=lambda _: None)
+                   presets=["bn-aug-adamw"], log=lines.append)
+    assert lines[0].startswith("study 'p': 0/2 trials finished")
     trials = optuna.load_study(study_name="p", storage=url).get_trials()
     assert len(trials) == 2
     assert trials[1].user_attrs["preset"] == "bn-aug-adamw"
