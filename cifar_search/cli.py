@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_search.errors import CifarSearchError
+from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
 from cifar_search.presets import PRESETS
 
 EXIT_ERROR = 2
@@ -60,7 +61,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     study = run_search(
         args.study, _storage_url(args), given=given, n_trials=args.n_trials,
         data_dir=args.data_dir, enqueue_baseline=not args.no_baseline, timeout=args.timeout,
-        heartbeat=args.heartbeat, sampler_seed=args.sampler_seed, presets=args.preset, log=_log,
+        heartbeat=args.heartbeat, sampler_seed=args.sampler_seed,
+        presets=[] if args.no_preset else args.preset, log=_log,
     )
     _print_summary(study)
     return 0
@@ -210,9 +212,13 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         "as the first trial of a new study")
     parser.add_argument("--timeout", type=float, help="stop starting trials after this many "
                         "seconds")
-    parser.add_argument("--preset", action="append", default=[], metavar="NAME",
+    parser.add_argument("--preset", action="append", metavar="NAME",
                         help="enqueue a named, measured configuration as a warm-start trial "
-                        "(repeatable; once per study): " + ", ".join(PRESETS))
+                        "(repeatable; once per study): " + ", ".join(PRESETS) + " (default for "
+                        "a new study: " + "; ".join(f"{v} with --layers {k}"
+                                                     for k, v in DEFAULT_PRESETS.items()) + ")")
+    parser.add_argument("--no-preset", action="store_true",
+                        help="start a new study without a warm-start preset")
     parser.add_argument("--sampler-seed", type=int,
                         help="seed of this worker's sampler, for a repeatable single-worker "
                         "search (workers of one study need different seeds or none)")

@@ -21,6 +21,7 @@ from cifar_search import data, storage
 from cifar_search.config import StudyConfig
 from cifar_search.errors import CifarSearchError
 from cifar_search.report import summary_line
+from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
 from cifar_search.presets import get as get_preset
 from cifar_search.space import BASELINE_PARAMS, params_of
 
@@ -103,11 +104,14 @@ def _fail_stale_trials(study: optuna.Study) -> None:
 
 
 def total_reached(study: optuna.Study, n_trials: int) -> bool:
-    """True when ``n_trials`` trials are finished or running elsewhere, and none is queued."""
+    """True when ``n_trials`` trials are finished or running (here or elsewhere).
+
+    Queued trials beyond that (a warm start the total left no room for) stay queued for a
+    later, larger run; a queued retry of a failed trial is run, since its failure does not
+    count.
+    """
     _fail_stale_trials(study)
-    claimed = study.get_trials(deepcopy=False, states=CLAIMED)
-    waiting = any(t.state == TrialState.WAITING for t in claimed)
-    return len(claimed) >= n_trials and not waiting
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))) >= n_trials
 
 
 def _stop_at_total(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -146,14 +150,18 @@ def run_search(
     timeout: float | None = None,
     heartbeat: int = storage.HEARTBEAT_SECONDS,
     sampler_seed: int | None = None,
-    presets: Sequence[str] = (),
+    presets: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> optuna.Study:
     """Run trials on study ``name`` until it holds ``n_trials`` finished trials in total.
 
-    Trials running on other workers count toward the total. On Ctrl-C or SIGTERM the current
-    trial is failed and re-queued with its parameters (it resumes from its checkpoint), and
-    KeyboardInterrupt is raised again for the caller to exit.
+    A new study first runs ``presets`` (by default the best known preset for its layers,
+    :data:`cifar_search.presets.DEFAULTS`), then the seed's baseline unless
+    ``enqueue_baseline`` is false, then what the sampler proposes; a study that exists gets
+    only the ``presets`` named here, each once. Trials running on other workers count toward
+    the total. On Ctrl-C or SIGTERM the current trial is failed and re-queued with its
+    parameters (it resumes from its checkpoint), and KeyboardInterrupt is raised again for
+    the caller to exit.
     """
     from cifar_search.objective import (  # Deferred: starts Keras.
         NonFiniteLossError,
@@ -163,7 +171,8 @@ def run_search(
 
     if n_trials < 1:
         raise CifarSearchError("--n-trials must be at least 1")
-    warm_starts = [(preset, get_preset(preset)) for preset in presets]
+    for preset_name in presets or ():
+        get_preset(preset_name)  # Refuse an unknown name before touching the storage.
     study, created = open_or_create(name, url, heartbeat, sampler_seed)
     frozen = None if created else _wait_for_config(study)
     config = storage.resolve_config(frozen, given)
@@ -171,12 +180,15 @@ def run_search(
     fingerprint = data.fingerprint(images, labels)
     if frozen is None:
         storage.freeze(study, config, fingerprint)
-        if enqueue_baseline:
-            study.enqueue_trial(BASELINE_PARAMS, user_attrs={"reference": "seed baseline"})
     else:
         storage.check_fingerprint(study, fingerprint)
-    for preset_name, preset in warm_starts:
-        study.enqueue_trial(params_of(preset.config), user_attrs={"preset": preset_name},
+    if presets is None:
+        presets = [DEFAULT_PRESETS[config.layers]] if frozen is None else []
+    for preset_name in presets:
+        study.enqueue_trial(params_of(get_preset(preset_name).config),
+                            user_attrs={"preset": preset_name}, skip_if_exists=True)
+    if frozen is None and enqueue_baseline:
+        study.enqueue_trial(BASELINE_PARAMS, user_attrs={"reference": "seed baseline"},
                             skip_if_exists=True)
     study.pruner = make_pruner(config)
 

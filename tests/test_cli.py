@@ -20,14 +20,15 @@ def searched(tmp_path_factory, data_dir):
     return cwd, done
 
 
-def test_search_runs_three_trials_with_progress_and_baseline_first(searched):
+def test_search_runs_three_trials_with_progress_preset_then_baseline_first(searched):
     cwd, done = searched
     assert "trial 0 epoch 1/2" in done.stdout and "val_accuracy" in done.stdout
     study = load(cwd, "e2e")
     trials = study.get_trials()
     assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
-    assert trials[0].params["optimizer"] == "rmsprop"
-    assert trials[0].params["learning_rate"] == 1e-4
+    assert trials[0].user_attrs["preset"] == "bn-aug-adamw"
+    assert trials[1].params["optimizer"] == "rmsprop"
+    assert trials[1].params["learning_rate"] == 1e-4
     for t in trials:
         history = t.user_attrs["history"]
         assert len(history["val_accuracy"]) == len(t.intermediate_values) >= 1

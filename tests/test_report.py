@@ -114,7 +114,7 @@ def test_structure_table_equals_the_trials(reported, page):
         ]
     rows = Tables(page).tables["structures"][1:]
     assert {row[0]: row for row in rows} == expected
-    assert expected["baseline"][-1] == "66.02% / 70.45%"  # Trial 0 is the seed's baseline.
+    assert expected["baseline"][-1] == "66.02% / 70.45%"  # Trial 1 is the seed's baseline.
 
 
 def test_every_test_number_carries_the_jpeg_note(page, reported):

@@ -8,8 +8,10 @@ from optuna.trial import TrialState
 
 from cifar_search import storage
 from cifar_search.errors import CifarSearchError
+from cifar_search.presets import DEFAULTS
+from cifar_search.presets import get as get_preset
 from cifar_search.search import run_search
-from cifar_search.space import BASELINE_PARAMS
+from cifar_search.space import BASELINE_PARAMS, params_of
 
 SMALL = {"train_size": 500, "val_size": 200, "max_epochs": 1, "pruner": "none"}
 
@@ -17,7 +19,8 @@ SMALL = {"train_size": 500, "val_size": 200, "max_epochs": 1, "pruner": "none"}
 def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_path, data_dir):
     url = f"sqlite:///{tmp_path}/nan.db"
     lines: list[str] = []
-    run_search("nan", url, given=SMALL, n_trials=1, data_dir=str(data_dir), log=lines.append)
+    run_search("nan", url, given=SMALL, n_trials=1, data_dir=str(data_dir), presets=[],
+               log=lines.append)
     study = optuna.load_study(study_name="nan", storage=url)
     # The learning rate is outside the space on purpose: Optuna warns and uses it.
     study.enqueue_trial({**BASELINE_PARAMS, "optimizer": "sgd", "learning_rate": 1e10})
@@ -31,7 +34,8 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_pat
 
 def test_study_config_is_frozen_and_checked(tmp_path, data_dir):
     url = f"sqlite:///{tmp_path}/frozen.db"
-    run_search("f", url, given=SMALL, n_trials=1, data_dir=str(data_dir), log=lambda _: None)
+    run_search("f", url, given=SMALL, n_trials=1, data_dir=str(data_dir), presets=[],
+               log=lambda _: None)
     study = optuna.load_study(study_name="f", storage=url)
     assert storage.frozen_config(study).to_dict() == {"seed": 0, "layers": "variants", **SMALL}
     assert set(study.user_attrs["versions"]) >= {"optuna", "keras", "tensorflow"}
@@ -49,8 +53,24 @@ def test_presets_are_enqueued_once_and_run_first(tmp_path, data_dir):
     assert lines[0].startswith("study 'p': 0/2 trials finished")
     trials = optuna.load_study(study_name="p", storage=url).get_trials()
     assert len(trials) == 2
-    assert trials[1].user_attrs["preset"] == "bn-aug-adamw"
-    assert trials[1].user_attrs["train_config"]["optimizer"] == "adamw"
+    assert trials[0].user_attrs["preset"] == "bn-aug-adamw"
+    assert trials[0].user_attrs["train_config"]["optimizer"] == "adamw"
+    assert trials[1].params == BASELINE_PARAMS
+
+
+def test_a_new_study_starts_from_the_default_preset_of_its_layers(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/default.db"
+    study = run_search("d", url, given={**SMALL, "layers": "prescribed"}, n_trials=1,
+                       data_dir=str(data_dir), log=lambda _: None)
+    first, baseline = study.get_trials()
+    assert first.user_attrs["preset"] == DEFAULTS["prescribed"]
+    # The prescribed layers sample no batch norm or dropout flags: the rest is the preset's.
+    assert first.params.items() <= params_of(get_preset(DEFAULTS["prescribed"]).config).items()
+    assert first.user_attrs["family"] == "aug"
+    assert first.state == TrialState.COMPLETE
+    # The total is reached: the baseline stays queued for a larger run, not run as a surplus.
+    assert baseline.state == TrialState.WAITING
+    assert baseline.user_attrs["reference"] == "seed baseline"
 
 
 def test_unknown_preset_is_refused(tmp_path):
