@@ -7,6 +7,8 @@ the median over rounds, so a change in host load hits all variants alike. Varian
 * ``cifar-search``: uint8 images in memory, gathered per shuffled batch in ``tf.data``.
 * ``cifar-search+aug``: the same with the vectorised flip+shift batch augmentation.
 * ``keras-layers+aug``: RandomFlip + RandomTranslation layers inside the model, numpy input.
+* ``cifar-search+bn``: the project's path with batch normalization (not a goal; it shows what
+  the batch-norm variant costs per epoch on this CPU).
 
 Usage: python benchmarks/throughput.py [--images 10000] [--rounds 3] [--batch-size 128]
 """
@@ -82,6 +84,8 @@ def variants(x, y, batch_size: int) -> dict[str, tuple[keras.Model, dict]]:
                              {"x": training.make_dataset(x, y, batch_size, shuffle=True,
                                                          shift=SHIFT, flip=True)}),
         "keras-layers+aug": (layers_aug, numpy_args),
+        "cifar-search+bn": (training.compiled_model(config.replace(batch_norm=True), len(x)),
+                            {"x": training.make_dataset(x, y, batch_size, shuffle=True)}),
     }
 
 

@@ -327,6 +327,8 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
     from cifar_search import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*-curves.png"):  # Trials that are no longer among the best.
+        stale.unlink()
     best = plots.best_trials(study, CURVE_TRIALS)
     curves = {out_dir / CURVES_FILENAME.format(number=t.number): plots.trial_curves(t)
               for t in best}
