@@ -24,6 +24,13 @@ PG_URL = os.environ.get("CIFAR_SEARCH_TEST_PG_URL", "postgresql://postgres@127.0
 TINY = ["--train-size", "500", "--val-size", "200", "--threads", "1"]
 
 
+def _default_sigint() -> None:
+    """Give the worker Ctrl-C's default action even where pytest itself was started in the
+    background (a non-interactive shell starts background jobs with SIGINT ignored, and
+    Python keeps an inherited "ignore")."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Worker:
     """One ``cifar-search search`` process whose output is collected in a file."""
 
@@ -32,7 +39,7 @@ class Worker:
         env = {**os.environ, "CIFAR10_DIR": str(data_dir)}
         with log.open("w") as out:
             self.proc = subprocess.Popen([CLI, "search", *args], cwd=cwd, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
 
     def output(self) -> str:
         return self.log.read_text()
