@@ -2,7 +2,8 @@
 
 A trial's wall time minus the sum of its epoch times (each epoch time includes validation)
 is what the worker spent on sampling, building and compiling the model, storage writes and
-checkpoints. Usage: python benchmarks/overhead.py --study NAME [--storage URL]
+checkpoints. Also prints the epochs the study trained against its budget (what pruning
+saved). Usage: python benchmarks/overhead.py --study NAME [--storage URL]
 """
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ def main() -> None:
     for number, state, epochs, inside, outside in rows:
         print(f"| {number} | {state} | {epochs} | {inside:.1f} | {outside:.1f} |")
     outside = [row[4] for row in rows]
+    inside = sum(row[3] for row in rows)
     print(f"\nmedian overhead per trial: {statistics.median(outside):.1f} s "
-          f"(max {max(outside):.1f} s) over {len(rows)} trials")
+          f"(max {max(outside):.1f} s) over {len(rows)} trials; {sum(outside):.0f} s outside "
+          f"epochs against {inside:.0f} s in them "
+          f"({100 * sum(outside) / (inside + sum(outside)):.1f}% of the trials' time)")
+    epochs = sum(row[2] for row in rows)
+    budget = len(rows) * study.user_attrs["config"]["max_epochs"]
+    print(f"epochs trained: {epochs} of the {budget} the same trials would run unpruned "
+          f"({100 * (1 - epochs / budget):.0f}% saved)")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,19 @@
 at least a target validation accuracy (issue: time to accuracy).
 
 Starts the real CLI with default settings (full 40K/10K split unless flags say otherwise) on a
-fresh SQLite study, watches the study's per-epoch reports, and stops the worker with Ctrl-C as
-soon as one reaches the target (or at --limit seconds). Extra arguments go to ``search``.
+fresh SQLite study, watches the study's per-epoch reports, and stops the worker as soon as one
+reaches the target (or at --limit seconds) with SIGTERM, which the search handles like Ctrl-C
+(a background job may have SIGINT ignored). Extra arguments go to ``search``. With
+``--study NAME`` it instead reads an existing study: for each trial, its first epoch at the
+target, the trial's own seconds to it, and the seconds since the study's first trial started.
 
 Usage: python benchmarks/time_to_accuracy.py [--target 0.70] [--limit 900] [search flags...]
+       python benchmarks/time_to_accuracy.py --study NAME [--storage URL] [--target 0.70]
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +22,8 @@ import time
 from pathlib import Path
 
 import optuna
+
+from cifar_search.storage import default_url
 
 
 def first_epoch_at(study: optuna.Study, target: float) -> tuple[int, int, float] | None:
@@ -30,12 +35,35 @@ def first_epoch_at(study: optuna.Study, target: float) -> tuple[int, int, float]
     return None
 
 
+def print_study(study: optuna.Study, target: float) -> None:
+    """Per trial of a finished study: when it first reached ``target``, from its own records."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    start = min(t.datetime_start for t in trials)
+    print("| trial | first epoch at target | val acc then | trial's own seconds to it | "
+          "seconds since study start |\n| ---: | ---: | ---: | ---: | ---: |")
+    for trial in trials:
+        history = trial.user_attrs.get("history", {})
+        val = history.get("val_accuracy", [])
+        epoch = next((i for i, value in enumerate(val) if value >= target), None)
+        if epoch is not None:
+            own = sum(history["seconds"][: epoch + 1])
+            since = (trial.datetime_start - start).total_seconds() + own
+            print(f"| {trial.number} | {epoch + 1} | {val[epoch]:.2%} | {own:.0f} | {since:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=0.70)
     parser.add_argument("--limit", type=float, default=900.0, help="give up after this long")
+    parser.add_argument("--study", help="read this existing study instead of starting one")
+    parser.add_argument("--storage", help="its storage (default: the study's SQLite file)")
     args, flags = parser.parse_known_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.study:
+        print_study(optuna.load_study(study_name=args.study,
+                                      storage=args.storage or default_url(args.study)),
+                    args.target)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 't2a.db'}"
         log = Path(tmp) / "search.log"
@@ -53,7 +81,7 @@ def main() -> None:
             except KeyError:  # The worker has not created the study yet.
                 continue
         elapsed = time.perf_counter() - start
-        worker.send_signal(signal.SIGINT)
+        worker.terminate()
         worker.wait(60)
         print(log.read_text(), end="")
     if hit is None:
