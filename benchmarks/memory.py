@@ -30,7 +30,7 @@ def rss_per_trial(trials: int, train_size: int, data_dir: str | None = None) -> 
     with tempfile.TemporaryDirectory() as tmp:
         run_search("memory", f"sqlite:///{tmp}/memory.db", n_trials=trials, data_dir=data_dir,
                    given={"train_size": train_size, "val_size": 500, "max_epochs": 1,
-                          "pruner": "none"}, log=log)
+                          "pruner": "none"}, sampler_seed=0, log=log)
     samples.append(rss_mb())
     return samples
 
