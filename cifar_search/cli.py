@@ -62,7 +62,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.study, _storage_url(args), given=given, n_trials=args.n_trials,
         data_dir=args.data_dir, enqueue_baseline=not args.no_baseline, timeout=args.timeout,
         heartbeat=args.heartbeat, sampler_seed=args.sampler_seed,
-        presets=[] if args.no_preset else args.preset, log=_log,
+        presets=args.preset or ([] if args.no_preset else None), log=_log,
     )
     _print_summary(study)
     return 0
@@ -218,7 +218,8 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         "a new study: " + "; ".join(f"{v} with --layers {k}"
                                                      for k, v in DEFAULT_PRESETS.items()) + ")")
     parser.add_argument("--no-preset", action="store_true",
-                        help="start a new study without a warm-start preset")
+                        help="start a new study without the default warm-start preset "
+                        "(presets named with --preset are still enqueued)")
     parser.add_argument("--sampler-seed", type=int,
                         help="seed of this worker's sampler, for a repeatable single-worker "
                         "search (workers of one study need different seeds or none)")

@@ -133,3 +133,10 @@ def test_finalize_repeats_trains_each_seed_and_records_every_evaluation(tmp_path
     accuracies = [r["test_accuracy"] for r in record["runs"]]
     assert record["test_accuracy"] == pytest.approx(sum(accuracies) / 2)
     assert done.stdout.count("test accuracy") == 3 and " ± " in done.stdout
+
+
+def test_no_preset_drops_the_default_but_keeps_named_presets(tmp_path, data_dir):
+    run("search", "--study", "np", "--n-trials", "1", "--no-preset", "--preset",
+        "seed-baseline", *SMALL, cwd=tmp_path, data_dir=data_dir)
+    (trial,) = load(tmp_path, "np").get_trials()  # The baseline equals it: not queued twice.
+    assert trial.user_attrs["preset"] == "seed-baseline"
