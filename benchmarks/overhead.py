@@ -41,11 +41,11 @@ def main() -> None:
     for number, state, epochs, inside, outside in rows:
         print(f"| {number} | {state} | {epochs} | {inside:.1f} | {outside:.1f} |")
     outside = [row[4] for row in rows]
-    inside = sum(row[3] for row in rows)
+    total_inside, total_outside = sum(row[3] for row in rows), sum(outside)
     print(f"\nmedian overhead per trial: {statistics.median(outside):.1f} s "
-          f"(max {max(outside):.1f} s) over {len(rows)} trials; {sum(outside):.0f} s outside "
-          f"epochs against {inside:.0f} s in them "
-          f"({100 * sum(outside) / (inside + sum(outside)):.1f}% of the trials' time)")
+          f"(max {max(outside):.1f} s) over {len(rows)} trials; {total_outside:.0f} s outside "
+          f"epochs against {total_inside:.0f} s in them "
+          f"({100 * total_outside / (total_inside + total_outside):.1f}% of the trials' time)")
     epochs = sum(row[2] for row in rows)
     budget = len(rows) * study.user_attrs["config"]["max_epochs"]
     print(f"epochs trained: {epochs} of the {budget} the same trials would run unpruned "

@@ -111,7 +111,8 @@ def total_reached(study: optuna.Study, n_trials: int) -> bool:
     count.
     """
     _fail_stale_trials(study)
-    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))) >= n_trials
+    counted = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    return len(counted) >= n_trials
 
 
 def _stop_at_total(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
