@@ -1,24 +1,46 @@
 """Does pruning pay? The same search with no pruner, the median pruner and Hyperband.
 
-Each pruner gets its own study with the same trial count, split seed and sampler seed, run
-one after the other by the real CLI; the table gives total epochs trained, wall time and the
-best validation accuracy. Extra arguments go to ``cifar-search search`` (e.g. a smoke run:
-``--train-size 1000 --val-size 500 --max-epochs 2 --n-trials 3``).
+Live mode: each pruner gets its own study with the same trial count, split seed and sampler
+seed, run one after the other by the real CLI; the table gives total epochs trained, wall
+time and the best validation accuracy. Extra arguments go to ``cifar-search search`` (e.g.
+a smoke run: ``--train-size 1000 --val-size 500 --max-epochs 2 --n-trials 3``).
+
+Replay mode (``--replay STUDY --storage URL``): a study run with ``--pruner none`` holds every
+trial's full curve; each curve is fed, epoch by epoch and in trial order, to the project's
+median and Hyperband pruners (the same objects ``search`` uses), which say where they would
+have stopped it. Same trials for every pruner, so the table shows the pruners' effect alone;
+what a live run adds is the sampler's reaction to pruned trials, which replay cannot show.
 
 Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
+       python benchmarks/pruning.py --replay pruning-none --storage sqlite:///logs/pruning/pruning-none.db
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
+
+from cifar_search import storage
+from cifar_search.search import make_pruner
 
 PRUNERS = ("none", "median", "hyperband")
+
+
+@dataclasses.dataclass
+class Row:
+    pruner: str
+    trials: int
+    pruned: int
+    epochs: int
+    seconds: float
+    best: float
 
 
 def run(out: Path, pruner: str, flags: list[str]) -> tuple[float, optuna.Study]:
@@ -33,26 +55,75 @@ def run(out: Path, pruner: str, flags: list[str]) -> tuple[float, optuna.Study]:
                                                           storage=url)
 
 
+def row_of(pruner: str, study: optuna.Study, seconds: float) -> Row:
+    trials = study.get_trials(deepcopy=False)
+    epochs = sum(len(t.user_attrs.get("history", {}).get("val_accuracy", [])) for t in trials)
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    return Row(pruner, len(trials), pruned, epochs, seconds, study.best_value)
+
+
+def replay(pruner: str, source: optuna.Study) -> Row:
+    """Feed the finished curves of ``source`` (an unpruned study) to ``pruner``."""
+    config = dataclasses.replace(storage.frozen_config(source), pruner=pruner)
+    # The live benchmark's study name: Hyperband assigns brackets by hashing name and number.
+    study = optuna.create_study(study_name=f"pruning-{pruner}", direction="maximize",
+                                pruner=make_pruner(config))
+    row = Row(pruner, 0, 0, 0, 0.0, float("-inf"))
+    for frozen in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        history = frozen.user_attrs["history"]
+        trial = study.ask()
+        row.trials += 1
+        for epoch, value in enumerate(history["val_accuracy"], start=1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                row.pruned += 1
+                break
+        else:
+            study.tell(trial, max(history["val_accuracy"]))
+            row.best = max(row.best, max(history["val_accuracy"]))
+        row.epochs += epoch
+        row.seconds += sum(history["seconds"][:epoch])
+    return row
+
+
+def print_table(rows: list[Row], seconds_heading: str) -> None:
+    base = rows[0]
+    print(f"| pruner | trials | pruned | epochs trained | epochs saved | {seconds_heading} | "
+          "best val acc | vs none (points) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r.pruner} | {r.trials} | {r.pruned} | {r.epochs} | "
+              f"{100 * (1 - r.epochs / base.epochs):.0f}% | {r.seconds:.0f} | {r.best:.4f} | "
+              f"{100 * (r.best - base.best):+.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="logs/pruning")
+    parser.add_argument("--replay", metavar="STUDY", help="replay this unpruned study's curves")
+    parser.add_argument("--storage", help="storage URL of the --replay study")
     args, flags = parser.parse_known_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if args.replay:
+        source = storage.load_study(args.replay, storage.open_storage(args.storage))
+        if storage.frozen_config(source).pruner != "none":
+            parser.error(f"{args.replay!r} was pruned: replay needs full curves (--pruner none)")
+        done = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        none = Row("none", len(done), 0, sum(len(t.user_attrs["history"]["val_accuracy"])
+                                              for t in done),
+                   sum(sum(t.user_attrs["history"]["seconds"]) for t in done),
+                   max(t.value for t in done))
+        print_table([none, replay("median", source), replay("hyperband", source)],
+                    "seconds in those epochs")
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for pruner in PRUNERS:
         seconds, study = run(out, pruner, flags)
-        trials = study.get_trials(deepcopy=False)
-        epochs = sum(len(t.user_attrs.get("history", {}).get("val_accuracy", [])) for t in trials)
-        pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
-        rows.append((pruner, len(trials), pruned, epochs, seconds, study.best_value))
-    base_epochs, base_best = rows[0][3], rows[0][5]
-    print("| pruner | trials | pruned | epochs trained | epochs saved | wall time (s) | "
-          "best val acc | vs none (points) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for pruner, n, pruned, epochs, seconds, best in rows:
-        print(f"| {pruner} | {n} | {pruned} | {epochs} | {100 * (1 - epochs / base_epochs):.0f}% "
-              f"| {seconds:.0f} | {best:.4f} | {100 * (best - base_best):+.2f} |")
+        rows.append(row_of(pruner, study, seconds))
+    print_table(rows, "wall time (s)")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from cifar_search.errors import CifarSearchError
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
 from cifar_search.presets import PRESETS
+from cifar_search.processes import DEFAULT_RECYCLE
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -51,6 +51,12 @@ def _study_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.recycle:
+        from cifar_search.processes import run_recycled
+
+        return run_recycled(args.argv[1:], args.recycle, lambda: _study_done(args),
+                            timeout=args.timeout, log=_log)
+    _import_keras_quietly()
     from cifar_search.search import run_search
     from cifar_search.training import configure_threads
 
@@ -62,37 +68,30 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.study, _storage_url(args), given=given, n_trials=args.n_trials,
         data_dir=args.data_dir, enqueue_baseline=not args.no_baseline, timeout=args.timeout,
         heartbeat=args.heartbeat, sampler_seed=args.sampler_seed,
-        presets=args.preset or ([] if args.no_preset else None), log=_log,
+        presets=args.preset or ([] if args.no_preset else None),
+        max_trials=args.process_trials, log=_log,
     )
     _print_summary(study)
     return 0
 
 
-def _without_option(argv: list[str], names: tuple[str, ...]) -> list[str]:
-    """``argv`` less the option ``names`` and its value (as "NAME VALUE" or "NAME=VALUE")."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in names:
-            skip = True
-        elif not arg.startswith(tuple(f"{name}=" for name in names)):
-            kept.append(arg)
-    return kept
+def _study_done(args: argparse.Namespace) -> bool:
+    """Whether the study holds its ``--n-trials`` (finished, or running on other workers)."""
+    from cifar_search.search import total_reached
+
+    return total_reached(_open_study(args), args.n_trials)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
     """Start ``-k`` search processes with the same flags and an equal share of the cores."""
+    from cifar_search.processes import run_workers, without_option
+
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.processes)
-    flags = _without_option(args.argv[1:], ("-k", "--processes"))
     _log(f"starting {args.processes} workers with {threads} thread(s) each")
-    command = [sys.executable, "-m", "cifar_search", "search", *flags, "--threads", str(threads)]
-    children = [subprocess.Popen(command) for _ in range(args.processes)]
-    try:
-        codes = [child.wait() for child in children]
-    except KeyboardInterrupt:  # The children got the same Ctrl-C and re-queue their trials.
-        codes = [child.wait() for child in children]
-        raise
+    codes = run_workers(without_option(args.argv[1:], ("-k", "--processes")), args.processes,
+                        threads)
+    if EXIT_INTERRUPTED in codes:  # Ctrl-C: each worker said so and re-queued its trial.
+        return EXIT_INTERRUPTED
     failed = [code for code in codes if code]
     if failed:
         raise CifarSearchError(f"{len(failed)} of {len(codes)} workers failed "
@@ -114,6 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
+    _import_keras_quietly()
     from cifar_search.finalize import finalize
     from cifar_search.training import configure_threads
 
@@ -179,11 +179,18 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
                         "(default: all cores)")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse says "invalid integer value: 'x'".
+    return parse
+
+
+_positive, _non_negative = _at_least(1), _at_least(0)
 
 
 def _add_search(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +230,11 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler-seed", type=int,
                         help="seed of this worker's sampler, for a repeatable single-worker "
                         "search (workers of one study need different seeds or none)")
+    parser.add_argument("--recycle", type=_non_negative, default=DEFAULT_RECYCLE, metavar="N",
+                        help="run the trials in a fresh worker process every N trials, which "
+                        "returns the memory TensorFlow keeps from each trained model (0: all "
+                        f"in this process; default: {DEFAULT_RECYCLE})")
+    parser.add_argument("--process-trials", type=_positive, help=argparse.SUPPRESS)
     parser.add_argument("--heartbeat", type=_positive, default=10,
                         help="seconds between this worker's heartbeats; a trial silent for "
                         "three of them is failed and retried by another worker (default: 10)")
@@ -298,11 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Keep TensorFlow's start-up chatter from burying the progress lines.
+def _import_keras_quietly() -> None:
+    """Load TensorFlow without its start-up chatter burying the progress lines.
 
     TensorFlow prints a few C++ lines while it loads, before its log level applies, so those
     are dropped by pointing the stderr file descriptor at /dev/null during the import only.
+    Only the commands that train call this: the others (and a search's supervisor) stay light.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
@@ -313,17 +326,16 @@ def _quiet_libraries() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-    import optuna
-
-    # Our own lines report every trial; Optuna's would repeat them with tracebacks.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    _quiet_libraries()
+    import optuna
+
+    # Our own lines report every trial; Optuna's would repeat them with tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         return args.func(args)
     except CifarSearchError as exc:

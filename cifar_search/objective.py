@@ -8,6 +8,8 @@ they survive a crash), saves a checkpoint (so a retried trial resumes) and print
 from __future__ import annotations
 
 import gc
+import os
+import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,10 @@ from cifar_search import space, training
 from cifar_search.checkpoints import CheckpointStore
 from cifar_search.config import StudyConfig
 from cifar_search.search import CLAIMED
+
+
+# Which machine and process ran a trial: several machines, and recycled processes, share a study.
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,6 +108,7 @@ class Objective:
                               variants=self.study_config.layers == "variants")
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("family", config.family)
+        trial.set_user_attr("worker", WORKER)
 
         model, start, history = self._resume(trial, key)
         if start:

@@ -56,13 +56,26 @@ def open_or_create(
 ) -> tuple[optuna.Study, bool]:
     """The study and whether this call created it (only the creator freezes its configuration)."""
     stored = storage.open_storage(url, create=True, heartbeat=heartbeat)
-    sampler = make_sampler(sampler_seed)
     try:
         study = optuna.create_study(study_name=name, storage=stored, direction="maximize",
-                                    sampler=sampler)
+                                    sampler=make_sampler(sampler_seed))
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
-        return storage.load_study(name, stored, sampler=sampler), False
+        study = storage.load_study(name, stored)
+        study.sampler = make_sampler(resumed_seed(sampler_seed, len(study.trials)))
+        return study, False
+
+
+def resumed_seed(seed: int | None, n_trials: int) -> int | None:
+    """The sampler seed of a worker joining a study that holds ``n_trials`` trials.
+
+    The same seed again would replay the draws of the study's first random trials and
+    propose their parameters a second time (a resumed or recycled worker would); mixing in
+    the trial count keeps one worker's search repeatable without repeating it.
+    """
+    if seed is None or n_trials == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, n_trials]).generate_state(1)[0])
 
 
 def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> StudyConfig | None:
@@ -152,6 +165,7 @@ def run_search(
     heartbeat: int = storage.HEARTBEAT_SECONDS,
     sampler_seed: int | None = None,
     presets: Sequence[str] | None = None,
+    max_trials: int | None = None,
     log: Callable[[str], None] = print,
 ) -> optuna.Study:
     """Run trials on study ``name`` until it holds ``n_trials`` finished trials in total.
@@ -162,7 +176,8 @@ def run_search(
     only the ``presets`` named here, each once. Trials running on other workers count toward
     the total. On Ctrl-C or SIGTERM the current trial is failed and re-queued with its
     parameters (it resumes from its checkpoint), and KeyboardInterrupt is raised again for
-    the caller to exit.
+    the caller to exit. ``max_trials`` stops this process after that many trials of its own
+    (:mod:`cifar_search.processes` then starts a fresh one).
     """
     from cifar_search.objective import (  # Deferred: starts Keras.
         NonFiniteLossError,
@@ -208,6 +223,7 @@ def run_search(
         with _sigterm_as_interrupt():
             study.optimize(
                 objective,
+                n_trials=max_trials,
                 timeout=timeout,
                 callbacks=[_announce(log), _stop_at_total(n_trials)],
                 catch=(NonFiniteLossError, SurplusTrialError),

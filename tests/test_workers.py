@@ -192,3 +192,17 @@ def test_workers_command_starts_k_processes_on_one_study(tmp_path, data_dir):
     assert "starting 2 workers with 1 thread(s) each" in done.stdout
     study = optuna.load_study(study_name="pair", storage=f"sqlite:///{tmp_path}/studies/pair.db")
     _assert_clean_total(study, 4)
+
+
+def test_search_recycles_its_worker_process_every_n_trials(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/recycle.db"
+    args = ["--study", "recycle", "--storage", url, "--n-trials", "5", "--max-epochs", "1",
+            "--pruner", "none", "--recycle", "2", "--sampler-seed", "0", *TINY]
+    worker = Worker(args, tmp_path, data_dir, tmp_path / "w.log")
+    assert worker.finish() == 0, worker.output()
+    assert worker.output().count("starting a fresh worker process") == 2
+    study = optuna.load_study(study_name="recycle", storage=url)
+    _assert_clean_total(study, 5)
+    processes = [t.user_attrs["worker"] for t in study.get_trials()]
+    a, b, c = dict.fromkeys(processes)  # In order of first appearance.
+    assert processes == [a, a, b, b, c]
