@@ -2,8 +2,9 @@
 
 A trial's wall time minus the sum of its epoch times (each epoch time includes validation)
 is what the worker spent on sampling, building and compiling the model, storage writes and
-checkpoints. Also prints the epochs the study trained against its budget (what pruning
-saved). Usage: python benchmarks/overhead.py --study NAME [--storage URL]
+checkpoints. Also prints the time between one trial's end and the next one's start, apart
+where the worker process changed (a recycled process starting: TensorFlow import, data load),
+and the epochs the study trained against its budget (what pruning saved). Usage: python benchmarks/overhead.py --study NAME [--storage URL]
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ def overheads(study: optuna.Study) -> list[tuple[int, str, int, float, float]]:
     return rows
 
 
+def gaps(study: optuna.Study) -> tuple[list[float], list[float]]:
+    """Seconds from each trial's end to the next trial's start: same process, new process."""
+    trials = sorted((t for t in study.get_trials(deepcopy=False) if t.datetime_complete),
+                    key=lambda t: t.datetime_start)
+    same, changed = [], []
+    for before, after in zip(trials, trials[1:]):
+        gap = (after.datetime_start - before.datetime_complete).total_seconds()
+        if gap >= 0:  # Overlapping trials ran on different workers at once.
+            new = before.user_attrs.get("worker") != after.user_attrs.get("worker")
+            (changed if new else same).append(gap)
+    return same, changed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True)
@@ -46,6 +60,11 @@ def main() -> None:
           f"(max {max(outside):.1f} s) over {len(rows)} trials; {total_outside:.0f} s outside "
           f"epochs against {total_inside:.0f} s in them "
           f"({100 * total_outside / (total_inside + total_outside):.1f}% of the trials' time)")
+    same, changed = gaps(study)
+    if same or changed:
+        print(f"between trials: median {statistics.median(same or [0]):.1f} s in the same "
+              f"process ({len(same)} gaps); median {statistics.median(changed or [0]):.1f} s "
+              f"where a new worker process took over ({len(changed)} gaps)")
     epochs = sum(row[2] for row in rows)
     budget = len(rows) * study.user_attrs["config"]["max_epochs"]
     print(f"epochs trained: {epochs} of the {budget} the same trials would run unpruned "
