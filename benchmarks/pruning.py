@@ -41,6 +41,8 @@ class Row:
     epochs: int
     seconds: float
     best: float
+    # Trials this pruner stopped: (number, epoch stopped after, best val acc of the full curve).
+    stopped: list[tuple[int, int, float]] = dataclasses.field(default_factory=list)
 
 
 def run(out: Path, pruner: str, flags: list[str]) -> tuple[float, optuna.Study]:
@@ -78,6 +80,7 @@ def replay(pruner: str, source: optuna.Study) -> Row:
             if trial.should_prune():
                 study.tell(trial, state=TrialState.PRUNED)
                 row.pruned += 1
+                row.stopped.append((frozen.number, epoch, max(history["val_accuracy"])))
                 break
         else:
             study.tell(trial, max(history["val_accuracy"]))
@@ -96,6 +99,10 @@ def print_table(rows: list[Row], seconds_heading: str) -> None:
         print(f"| {r.pruner} | {r.trials} | {r.pruned} | {r.epochs} | "
               f"{100 * (1 - r.epochs / base.epochs):.0f}% | {r.seconds:.0f} | {r.best:.4f} | "
               f"{100 * (r.best - base.best):+.2f} |")
+    for r in rows:
+        if r.stopped:
+            print(f"\n{r.pruner} stopped (trial: after epoch, best val acc it would have reached): "
+                  + ", ".join(f"{n}: {e}, {v:.4f}" for n, e, v in r.stopped))
 
 
 def main() -> None:
