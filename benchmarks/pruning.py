@@ -12,7 +12,7 @@ have stopped it. Same trials for every pruner, so the table shows the pruners' e
 what a live run adds is the sampler's reaction to pruned trials, which replay cannot show.
 
 Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
-       python benchmarks/pruning.py --replay pruning-none --storage sqlite:///logs/pruning/pruning-none.db
+       python benchmarks/pruning.py --replay pruning-none --storage sqlite:///logs/pruning/pruning-none.db [--best-last]
 """
 
 from __future__ import annotations
@@ -64,14 +64,21 @@ def row_of(pruner: str, study: optuna.Study, seconds: float) -> Row:
     return Row(pruner, len(trials), pruned, epochs, seconds, study.best_value)
 
 
-def replay(pruner: str, source: optuna.Study) -> Row:
-    """Feed the finished curves of ``source`` (an unpruned study) to ``pruner``."""
+def replay(pruner: str, source: optuna.Study, best_last: bool = False) -> Row:
+    """Feed the finished curves of ``source`` (an unpruned study) to ``pruner``.
+
+    ``best_last`` moves the best trial to the end: would the pruner let it finish had the
+    sampler found it late, rather than as the unprunable first (warm-start) trial?
+    """
     config = dataclasses.replace(storage.frozen_config(source), pruner=pruner)
     # The live benchmark's study name: Hyperband assigns brackets by hashing name and number.
     study = optuna.create_study(study_name=f"pruning-{pruner}", direction="maximize",
                                 pruner=make_pruner(config))
     row = Row(pruner, 0, 0, 0, 0.0, float("-inf"))
-    for frozen in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    trials = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if best_last:
+        trials.sort(key=lambda t: t.number == source.best_trial.number)
+    for frozen in trials:
         history = frozen.user_attrs["history"]
         trial = study.ask()
         row.trials += 1
@@ -110,6 +117,8 @@ def main() -> None:
     parser.add_argument("--out", default="logs/pruning")
     parser.add_argument("--replay", metavar="STUDY", help="replay this unpruned study's curves")
     parser.add_argument("--storage", help="storage URL of the --replay study")
+    parser.add_argument("--best-last", action="store_true",
+                        help="replay with the study's best trial moved to the end")
     args, flags = parser.parse_known_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if args.replay:
@@ -121,7 +130,7 @@ def main() -> None:
                                               for t in done),
                    sum(sum(t.user_attrs["history"]["seconds"]) for t in done),
                    max(t.value for t in done))
-        print_table([none, replay("median", source), replay("hyperband", source)],
+        print_table([none, *(replay(p, source, args.best_last) for p in ("median", "hyperband"))],
                     "seconds in those epochs")
         return
     out = Path(args.out)
