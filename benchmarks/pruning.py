@@ -12,7 +12,8 @@ have stopped it. Same trials for every pruner, so the table shows the pruners' e
 what a live run adds is the sampler's reaction to pruned trials, which replay cannot show.
 
 Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
-       python benchmarks/pruning.py --replay pruning-none --storage sqlite:///logs/pruning/pruning-none.db [--best-last]
+       python benchmarks/pruning.py --replay pruning-none --storage sqlite:///logs/pruning/pruning-none.db \
+           [--best-last] [--median-warmup 5]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from cifar_search import storage
-from cifar_search.search import make_pruner
+from cifar_search.search import MEDIAN_STARTUP_TRIALS, make_pruner
 
 PRUNERS = ("none", "median", "hyperband")
 
@@ -64,16 +65,23 @@ def row_of(pruner: str, study: optuna.Study, seconds: float) -> Row:
     return Row(pruner, len(trials), pruned, epochs, seconds, study.best_value)
 
 
-def replay(pruner: str, source: optuna.Study, best_last: bool = False) -> Row:
+def replay(pruner: str, source: optuna.Study, best_last: bool = False,
+           warmup: int | None = None) -> Row:
     """Feed the finished curves of ``source`` (an unpruned study) to ``pruner``.
 
     ``best_last`` moves the best trial to the end: would the pruner let it finish had the
     sampler found it late, rather than as the unprunable first (warm-start) trial?
+    ``warmup`` (median only) makes the pruner judge from that epoch on instead of the 3rd.
     """
     config = dataclasses.replace(storage.frozen_config(source), pruner=pruner)
+    chosen = make_pruner(config)
+    if warmup is not None:
+        chosen = optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
+                                             n_warmup_steps=warmup)
+        pruner = f"median from epoch {warmup}"
     # The live benchmark's study name: Hyperband assigns brackets by hashing name and number.
-    study = optuna.create_study(study_name=f"pruning-{pruner}", direction="maximize",
-                                pruner=make_pruner(config))
+    study = optuna.create_study(study_name=f"pruning-{config.pruner}", direction="maximize",
+                                pruner=chosen)
     row = Row(pruner, 0, 0, 0, 0.0, float("-inf"))
     trials = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if best_last:
@@ -119,6 +127,8 @@ def main() -> None:
     parser.add_argument("--storage", help="storage URL of the --replay study")
     parser.add_argument("--best-last", action="store_true",
                         help="replay with the study's best trial moved to the end")
+    parser.add_argument("--median-warmup", type=int, nargs="*", default=[], metavar="EPOCH",
+                        help="also replay the median pruner judging from these epochs on")
     args, flags = parser.parse_known_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if args.replay:
@@ -130,7 +140,9 @@ def main() -> None:
                                               for t in done),
                    sum(sum(t.user_attrs["history"]["seconds"]) for t in done),
                    max(t.value for t in done))
-        print_table([none, *(replay(p, source, args.best_last) for p in ("median", "hyperband"))],
+        rows = [replay(p, source, args.best_last) for p in ("median", "hyperband")]
+        rows += [replay("median", source, args.best_last, w) for w in args.median_warmup]
+        print_table([none, *rows],
                     "seconds in those epochs")
         return
     out = Path(args.out)

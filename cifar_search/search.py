@@ -30,10 +30,15 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 
 
+# The median pruner judges a trial once this many trials have finished, from this epoch on.
+MEDIAN_STARTUP_TRIALS, MEDIAN_WARMUP_EPOCHS = 5, 3
+
+
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """The study's pruner: median (after 5 trials and 3 epochs), Hyperband, or none."""
     if config.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
+                                           n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.max_epochs)
     return optuna.pruners.NopPruner()

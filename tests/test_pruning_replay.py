@@ -45,3 +45,6 @@ def test_best_last_replay_shows_a_slow_starter_cut_short():
     late = replay("median", source, best_last=True)
     assert late.best == 0.7
     assert late.stopped == [(0, 3, 0.9)]
+    # Judging from epoch 7 on, the median pruner lets the slow starter finish.
+    waited = replay("median", source, best_last=True, warmup=7)
+    assert waited.best == 0.9 and waited.pruner == "median from epoch 7"
