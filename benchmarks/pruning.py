@@ -85,7 +85,8 @@ def replay(pruner: str, source: optuna.Study, best_last: bool = False,
     row = Row(pruner, 0, 0, 0, 0.0, float("-inf"))
     trials = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if best_last:
-        trials.sort(key=lambda t: t.number == source.best_trial.number)
+        best = source.best_trial.number
+        trials.sort(key=lambda t: t.number == best)
     for frozen in trials:
         history = frozen.user_attrs["history"]
         trial = study.ask()
@@ -135,15 +136,9 @@ def main() -> None:
         source = storage.load_study(args.replay, storage.open_storage(args.storage))
         if storage.frozen_config(source).pruner != "none":
             parser.error(f"{args.replay!r} was pruned: replay needs full curves (--pruner none)")
-        done = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        none = Row("none", len(done), 0, sum(len(t.user_attrs["history"]["val_accuracy"])
-                                              for t in done),
-                   sum(sum(t.user_attrs["history"]["seconds"]) for t in done),
-                   max(t.value for t in done))
-        rows = [replay(p, source, args.best_last) for p in ("median", "hyperband")]
+        rows = [replay(p, source, args.best_last) for p in PRUNERS]
         rows += [replay("median", source, args.best_last, w) for w in args.median_warmup]
-        print_table([none, *rows],
-                    "seconds in those epochs")
+        print_table(rows, "seconds in those epochs")
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
