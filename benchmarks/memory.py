@@ -1,12 +1,14 @@
-"""Resident memory of one worker over consecutive trials (issue: flat memory).
+"""Memory of one worker over consecutive trials (issue: flat memory).
 
 Runs ``cifar-search search`` on small slices (1 epoch per trial, no pruner, the sampler
-seeded so every run trains the same trials) and prints the worker's resident memory when
-each trial starts: the command's process and its children (a supervisor and the current
-trial process when trials run in recycled processes). Each ``--recycle`` value given is a
-separate run, side by side in one table, with its wall time.
+seeded so every run trains the same trials) and prints the worker's memory when each trial
+starts and when its (only) epoch ends: the resident memory (RSS) of the command's largest process (the
+trial process, where there is one) plus the private memory of the others (the supervisor), so
+that the pages a supervisor shares with its forked trial process (the loaded images, the
+libraries) count once. For a search in one process this is its RSS. Each ``--recycle`` value given is a separate run, side by side in
+one table, with its wall time.
 
-Usage: python benchmarks/memory.py [--trials 20] [--train-size 2000] [--recycle 0 5 ...]
+Usage: python benchmarks/memory.py [--trials 20] [--train-size 2000] [--recycle 0 1 5 ...]
 """
 
 from __future__ import annotations
@@ -17,21 +19,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
-def _rss_kb(pid: int) -> int:
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """Resident and private (not shared with any other process) memory of ``pid``, in kB."""
+    fields: dict[str, int] = {}
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                fields[name] = int(value.split()[0])
     except OSError:  # The process ended meanwhile.
         pass
-    return 0
+    return fields.get("Rss", 0), fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
 
 
-def tree_rss_mb(root: int) -> float:
-    """Resident memory of process ``root`` and all its descendants, in MB (Linux /proc)."""
+def tree_memory_mb(root: int) -> float:
+    """Memory of process ``root`` and its descendants, in MB (Linux /proc): the RSS of the
+    largest and the private memory of the others."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -46,14 +53,28 @@ def tree_rss_mb(root: int) -> float:
         added = {pid for pid, parent in parents.items() if parent in tree} - tree
         tree |= added
         grown = bool(added)
-    return sum(_rss_kb(pid) for pid in tree) / 1024
+    sizes = sorted(_memory_kb(pid) for pid in tree)
+    return (sizes[-1][0] + sum(private for _, private in sizes[:-1])) / 1024
 
 
-def rss_per_trial(
+@dataclass
+class Run:
+    """Memory in MB at each trial's start and end (the last end is the run's), wall seconds."""
+
+    starts: list[float]
+    ends: list[float]
+    seconds: float
+
+    def growth(self, samples: list[float]) -> tuple[float, float]:
+        """Most and last of ``samples`` above the second trial's."""
+        return max(samples[2:]) - samples[2], samples[-1] - samples[2]
+
+
+def memory_per_trial(
     trials: int, train_size: int, data_dir: str | None = None, recycle: int = 0
-) -> tuple[list[float], float]:
-    """RSS in MB at the start of each trial and once more at the end, and the wall time."""
-    samples: list[float] = []
+) -> Run:
+    """Run a search of ``trials`` trials and sample its memory as each one starts and ends."""
+    run = Run([], [], 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "cifar_search", "search", "--study", "memory",
                    "--storage", f"sqlite:///{tmp}/memory.db", "--n-trials", str(trials),
@@ -68,33 +89,36 @@ def rss_per_trial(
             for line in proc.stdout:
                 output.append(line)
                 if " starts: " in line:
-                    samples.append(tree_rss_mb(proc.pid))
-                elif line.startswith(f"{trials} trials ("):  # The final summary line.
-                    samples.append(tree_rss_mb(proc.pid))
-        if proc.returncode:
+                    run.starts.append(tree_memory_mb(proc.pid))
+                elif " epoch 1/1: " in line:  # Trained; its process is still there.
+                    run.ends.append(tree_memory_mb(proc.pid))
+        run.seconds = time.perf_counter() - start
+        if proc.returncode or len(run.starts) != trials or len(run.ends) != trials:
             raise RuntimeError(f"search failed ({proc.returncode}):\n{''.join(output)}")
-        return samples, time.perf_counter() - start
+        return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--train-size", type=int, default=2000)
-    parser.add_argument("--recycle", type=int, nargs="+", default=[0, 5],
-                        help="trials per worker process in each run (0: all in one process)")
+    parser.add_argument("--recycle", type=int, nargs="+", default=[0, 1, 5],
+                        help="trials per trial process in each run (0: all in one process)")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
-    runs = {r: rss_per_trial(args.trials, args.train_size, args.data_dir, r)
+    runs = {r: memory_per_trial(args.trials, args.train_size, args.data_dir, r)
             for r in args.recycle}
-    print("| trial | " + " | ".join(f"RSS (MB), --recycle {r}" for r in runs) + " |")
-    print("| ---: |" + " ---: |" * len(runs))
-    for i in range(args.trials + 1):
-        cells = " | ".join(f"{samples[i]:.0f}" if i < len(samples) else "" for samples, _ in
-                           runs.values())
-        print(f"| {i if i < args.trials else 'end'} | {cells} |")
-    for r, (samples, seconds) in runs.items():
-        print(f"--recycle {r}: growth after the second trial {max(samples[2:]) - samples[2]:+.0f} "
-              f"MB (peak), {samples[-1] - samples[2]:+.0f} MB (end); wall time {seconds:.0f} s")
+    print("| trial | " + " | ".join(f"--recycle {r}: start | end" for r in runs) + " |")
+    print("| ---: |" + " ---: | ---: |" * len(runs))
+    for i in range(args.trials):
+        cells = " | ".join(f"{run.starts[i]:.0f} | {run.ends[i]:.0f}" for run in runs.values())
+        print(f"| {i} | {cells} |")
+    for r, run in runs.items():
+        (peak_start, last_start), (peak_end, last_end) = run.growth(run.starts), run.growth(
+            run.ends)
+        print(f"--recycle {r}: after the second trial, trial starts {peak_start:+.0f} MB at "
+              f"most ({last_start:+.0f} last), trial ends {peak_end:+.0f} MB at most "
+              f"({last_end:+.0f} last); wall time {run.seconds:.0f} s")
 
 
 if __name__ == "__main__":

@@ -51,11 +51,29 @@ def _study_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if args.recycle:
-        from cifar_search.processes import run_recycled
+    if not args.recycle:
+        return _search_here(args, max_trials=None, timeout=args.timeout)
+    from cifar_search import data
+    from cifar_search.processes import run_recycled
 
-        return run_recycled(args.argv[1:], args.recycle, lambda: _study_done(args),
-                            timeout=args.timeout, log=_log)
+    loaded = data.load_train(args.data_dir)  # Once per worker: the trial processes share it.
+    _import_keras_quietly()  # Loaded, not started: each trial process starts its own runtime.
+    import cifar_search.objective  # noqa: F401
+
+    def trials(timeout: float | None, first: bool) -> int:
+        return _guarded(lambda: _search_here(args, max_trials=args.recycle, timeout=timeout,
+                                             loaded=loaded, header=first))
+
+    code = run_recycled(trials, args.recycle, lambda: _study_done(args), timeout=args.timeout,
+                        log=_log)
+    if code == 0:
+        _print_summary(_open_study(args))
+    return code
+
+
+def _search_here(args: argparse.Namespace, *, max_trials: int | None, timeout: float | None,
+                 loaded: tuple | None = None, header: bool = True) -> int:
+    """Run the search's trials in this process (at most ``max_trials`` of them)."""
     _import_keras_quietly()
     from cifar_search.search import run_search
     from cifar_search.training import configure_threads
@@ -66,20 +84,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     given = {key: value for key, value in given.items() if value is not None}
     study = run_search(
         args.study, _storage_url(args), given=given, n_trials=args.n_trials,
-        data_dir=args.data_dir, enqueue_baseline=not args.no_baseline, timeout=args.timeout,
-        heartbeat=args.heartbeat, sampler_seed=args.sampler_seed,
+        data_dir=args.data_dir, loaded=loaded, enqueue_baseline=not args.no_baseline,
+        timeout=timeout, heartbeat=args.heartbeat, sampler_seed=args.sampler_seed,
         presets=args.preset or ([] if args.no_preset else None),
-        max_trials=args.process_trials, log=_log,
+        max_trials=max_trials, header=header, log=_log,
     )
-    _print_summary(study)
+    if max_trials is None:
+        _print_summary(study)
     return 0
 
 
 def _study_done(args: argparse.Namespace) -> bool:
-    """Whether the study holds its ``--n-trials`` (finished, or running on other workers)."""
+    """Whether the study holds its ``--n-trials`` (finished, or running on other workers).
+
+    The supervisor forks next: it keeps no database connection open for a child to inherit.
+    """
     from cifar_search.search import total_reached
 
-    return total_reached(_open_study(args), args.n_trials)
+    stored = _open_storage(args)
+    try:
+        return total_reached(_open_study(args, stored), args.n_trials)
+    finally:
+        stored.engine.dispose()
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -234,7 +260,6 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         help="run the trials in a fresh worker process every N trials, which "
                         "returns the memory TensorFlow keeps from each trained model (0: all "
                         f"in this process; default: {DEFAULT_RECYCLE})")
-    parser.add_argument("--process-trials", type=_positive, help=argparse.SUPPRESS)
     parser.add_argument("--heartbeat", type=_positive, default=10,
                         help="seconds between this worker's heartbeats; a trial silent for "
                         "three of them is failed and retried by another worker (default: 10)")
@@ -336,8 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Our own lines report every trial; Optuna's would repeat them with tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return _guarded(lambda: args.func(args))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Run ``command``; a problem the user can fix is one line and exit 2, Ctrl-C exit 130."""
     try:
-        return args.func(args)
+        return command()
     except CifarSearchError as exc:
         print(f"cifar-search: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -24,10 +24,6 @@ from cifar_search.config import StudyConfig
 from cifar_search.search import CLAIMED
 
 
-# Which machine and process ran a trial: several machines, and recycled processes, share a study.
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
-
-
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the trial fails with this reason recorded."""
 
@@ -108,7 +104,8 @@ class Objective:
                               variants=self.study_config.layers == "variants")
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("family", config.family)
-        trial.set_user_attr("worker", WORKER)
+        # Which machine and process: several machines, and trial processes, share a study.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
         model, start, history = self._resume(trial, key)
         if start:

@@ -1,10 +1,13 @@
-"""Worker processes: a search as a chain of fresh processes, and several workers at once.
+"""Worker processes: a search as a chain of forked trial processes, and several workers at once.
 
 TensorFlow keeps 10-20 MB of every model trained in a process after the model is gone
-(keras-team/keras#17458, #20552), so one process running a long search keeps growing. The
-supervisor here never imports TensorFlow: it runs the search in a child process that stops
-after a few trials, then starts a fresh child, until the study holds its total. Each child's
-memory goes back to the system when it exits; the study, in its database, does not notice.
+(keras-team/keras#17458, #20552), and more after the larger batches, so one process running
+a long search keeps growing. A search's supervisor therefore loads the data and TensorFlow's
+libraries once, and forks a trial process for every few trials (by default every trial); the
+children share what it loaded (copy-on-write), train, and give all their memory back when
+they exit. The study, in its database, does not notice. The supervisor never runs a
+TensorFlow operation: the runtime starts its thread pools with the first one, and threads do
+not survive a fork, so each trial process starts its own.
 
 Children run in their own session, so a Ctrl-C at the terminal reaches them once (forwarded
 by the supervisor) and not twice, and on Linux they die with their supervisor, so a killed
@@ -14,16 +17,29 @@ worker is one dead process tree whose trial the heartbeat marks stale.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
-# A fresh process every this many trials: measured in docs/PERFORMANCE.md, section 7.
-DEFAULT_RECYCLE = 5
+# A fresh trial process every this many trials: measured in docs/PERFORMANCE.md, section 7.
+DEFAULT_RECYCLE = 1
 _PR_SET_PDEATHSIG = 1
 _FORWARDED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Child(Protocol):
+    """What the supervisor needs of a child process (a :class:`subprocess.Popen` has it)."""
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def wait(self) -> int: ...
 
 
 def without_option(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:
@@ -46,16 +62,70 @@ def search_command(flags: Sequence[str]) -> list[str]:
 
 def _die_with_parent() -> None:
     """In the child, before it runs: get SIGKILL when the supervisor dies (Linux only)."""
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def run_children(commands: Sequence[Sequence[str]]) -> list[int]:
-    """Run ``commands`` at once and return their exit codes.
+class Forked:
+    """A forked child running ``body()`` in its own session; its return value is the exit code.
+
+    The parent must not have run a TensorFlow operation (or started threads of its own).
+    """
+
+    def __init__(self, body: Callable[[], int]) -> None:
+        parent = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        self.returncode: int | None = None
+        if self.pid == 0:
+            self._run_child(body, parent)
+
+    @staticmethod
+    def _run_child(body: Callable[[], int], parent: int) -> None:
+        code = 1
+        try:
+            os.setsid()
+            _die_with_parent()
+            if os.getppid() != parent:  # The supervisor died before the line above.
+                os._exit(1)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = body()
+        except BaseException:  # noqa: BLE001 (a child must never return into the parent's code)
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _reap(self, flags: int) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, flags)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def wait(self) -> int:
+        code = self._reap(0)
+        assert code is not None
+        return code
+
+
+def run_children(starts: Sequence[Callable[[], Child]]) -> list[int]:
+    """Start a child with each of ``starts``, all at once, and return their exit codes.
 
     SIGINT and SIGTERM sent to this process are passed on to every child once, and it waits
     for them to leave their trials re-queued.
     """
-    children: list[subprocess.Popen] = []
+    children: list[Child] = []
 
     def forward(signum: int, frame: object) -> None:
         for child in children:
@@ -64,10 +134,8 @@ def run_children(commands: Sequence[Sequence[str]]) -> list[int]:
 
     previous = {signum: signal.signal(signum, forward) for signum in _FORWARDED}
     try:
-        for command in commands:
-            children.append(subprocess.Popen(
-                command, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None))
+        for start in starts:
+            children.append(start())
         return [child.wait() for child in children]
     finally:
         for signum, handler in previous.items():
@@ -75,34 +143,39 @@ def run_children(commands: Sequence[Sequence[str]]) -> list[int]:
 
 
 def run_recycled(
-    flags: Sequence[str],
+    trials: Callable[[float | None, bool], int],
     every: int,
     done: Callable[[], bool],
     timeout: float | None = None,
     log: Callable[[str], None] = print,
 ) -> int:
-    """Run ``search flags`` in fresh child processes of at most ``every`` trials each.
+    """Run ``trials(timeout, first)`` in forked children, one after another, until done.
 
-    Stops when a child fails or is interrupted (its exit code is returned: it has said why),
-    when ``done()`` says the study holds its total, or when ``timeout`` seconds have passed.
+    Each child runs at most ``every`` trials (``trials`` limits itself); ``first`` is true in
+    the first child only. Stops when a child
+    fails or is interrupted (its exit code is returned: it has said why), when ``done()``
+    says the study holds its total, or when ``timeout`` seconds have passed.
     """
-    flags = without_option(flags, ("--recycle", "--timeout"))
     deadline = None if timeout is None else time.monotonic() + timeout
+    first = True
     while True:
-        limits = ["--recycle", "0", "--process-trials", str(every)]
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return 0
-            limits += ["--timeout", f"{remaining:.1f}"]
-        (code,) = run_children([search_command([*flags, *limits])])
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return 0
+        if not first and every > 1:
+            log(f"starting a fresh trial process (one every {every} trials, so memory that "
+                "TensorFlow keeps after each trial is returned)")
+        (code,) = run_children([lambda: Forked(lambda: trials(remaining, first))])
+        first = False
         if code or done():
             return code
-        log(f"starting a fresh worker process (one every {every} trials, so memory that "
-            "TensorFlow keeps after each trial is returned)")
 
 
 def run_workers(flags: Sequence[str], processes: int, threads: int) -> list[int]:
     """``processes`` search workers with ``threads`` TensorFlow threads each; their exit codes."""
     command = search_command([*without_option(flags, ("--threads",)), "--threads", str(threads)])
-    return run_children([command] * processes)
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+
+    return run_children([start] * processes)

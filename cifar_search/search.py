@@ -165,12 +165,14 @@ def run_search(
     given: dict[str, Any],
     n_trials: int,
     data_dir: str | None = None,
+    loaded: tuple[np.ndarray, np.ndarray] | None = None,
     enqueue_baseline: bool = True,
     timeout: float | None = None,
     heartbeat: int = storage.HEARTBEAT_SECONDS,
     sampler_seed: int | None = None,
     presets: Sequence[str] | None = None,
     max_trials: int | None = None,
+    header: bool = True,
     log: Callable[[str], None] = print,
 ) -> optuna.Study:
     """Run trials on study ``name`` until it holds ``n_trials`` finished trials in total.
@@ -182,7 +184,8 @@ def run_search(
     the total. On Ctrl-C or SIGTERM the current trial is failed and re-queued with its
     parameters (it resumes from its checkpoint), and KeyboardInterrupt is raised again for
     the caller to exit. ``max_trials`` stops this process after that many trials of its own
-    (:mod:`cifar_search.processes` then starts a fresh one).
+    (:mod:`cifar_search.processes` then starts a fresh one, handing it the training images
+    and labels it ``loaded`` once; ``header`` false skips the study's opening line).
     """
     from cifar_search.objective import (  # Deferred: starts Keras.
         NonFiniteLossError,
@@ -197,7 +200,7 @@ def run_search(
     study, created = open_or_create(name, url, heartbeat, sampler_seed)
     frozen = None if created else _wait_for_config(study)
     config = storage.resolve_config(frozen, given)
-    images, labels = data.load_train(data_dir)
+    images, labels = data.load_train(data_dir) if loaded is None else loaded
     fingerprint = data.fingerprint(images, labels)
     if frozen is None:
         storage.freeze(study, config, fingerprint)
@@ -214,9 +217,10 @@ def run_search(
     study.pruner = make_pruner(config)
 
     train_idx, val_idx = split(labels, config)
-    log(f"study {name!r}: {finished_count(study)}/{n_trials} trials finished; training on "
-        f"{len(train_idx)} images, validating on {len(val_idx)} (split seed {config.seed}), "
-        f"up to {config.max_epochs} epochs per trial")
+    if header:
+        log(f"study {name!r}: {finished_count(study)}/{n_trials} trials finished; training on "
+            f"{len(train_idx)} images, validating on {len(val_idx)} (split seed "
+            f"{config.seed}), up to {config.max_epochs} epochs per trial")
     if total_reached(study, n_trials):
         log(f"study {name!r} already has its {n_trials} trials (finished or running elsewhere)")
         return study

@@ -23,7 +23,9 @@ from cifar_search.data import to_one_hot
 from cifar_search.model import build_cnn
 
 EVAL_BATCH_SIZE = 1000
-CUTOUT_FILL = tf.constant([125, 123, 114], tf.uint8)  # CIFAR-10's mean colour.
+# CIFAR-10's mean colour. Not a tensor here: importing this module must not start TensorFlow's
+# runtime (a search's supervisor imports it, then forks trial processes).
+CUTOUT_FILL = (125, 123, 114)
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
@@ -113,7 +115,7 @@ def augment_batch(
         inside_rows = tf.abs(window - centre[0]) <= cutout // 2  # (batch, size)
         inside_cols = tf.abs(window - centre[1]) <= cutout // 2
         square = inside_rows[:, :, None, None] & inside_cols[:, None, :, None]
-        images = tf.where(square, CUTOUT_FILL, images)
+        images = tf.where(square, tf.constant(CUTOUT_FILL, tf.uint8), images)
     return images
 
 

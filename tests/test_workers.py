@@ -200,7 +200,7 @@ def test_search_recycles_its_worker_process_every_n_trials(tmp_path, data_dir):
             "--pruner", "none", "--recycle", "2", "--sampler-seed", "0", *TINY]
     worker = Worker(args, tmp_path, data_dir, tmp_path / "w.log")
     assert worker.finish() == 0, worker.output()
-    assert worker.output().count("starting a fresh worker process") == 2
+    assert worker.output().count("starting a fresh trial process") == 2
     study = optuna.load_study(study_name="recycle", storage=url)
     _assert_clean_total(study, 5)
     processes = [t.user_attrs["worker"] for t in study.get_trials()]
