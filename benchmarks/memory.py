@@ -59,22 +59,25 @@ def tree_memory_mb(root: int) -> float:
 
 @dataclass
 class Run:
-    """Memory in MB at each trial's start and end (the last end is the run's), wall seconds."""
+    """Memory in MB at each trial's start and end and after the run's last trial; seconds."""
 
     starts: list[float]
     ends: list[float]
+    final: float
     seconds: float
 
-    def growth(self, samples: list[float]) -> tuple[float, float]:
-        """Most and last of ``samples`` above the second trial's."""
-        return max(samples[2:]) - samples[2], samples[-1] - samples[2]
+    def growth(self) -> tuple[float, float]:
+        """The issue's measure: memory above the second trial's start, at most at a later
+        trial's start (or after the run), and after the run."""
+        later = [*self.starts[3:], self.final]
+        return max(later) - self.starts[2], self.final - self.starts[2]
 
 
 def memory_per_trial(
     trials: int, train_size: int, data_dir: str | None = None, recycle: int = 0
 ) -> Run:
     """Run a search of ``trials`` trials and sample its memory as each one starts and ends."""
-    run = Run([], [], 0.0)
+    run = Run([], [], 0.0, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "cifar_search", "search", "--study", "memory",
                    "--storage", f"sqlite:///{tmp}/memory.db", "--n-trials", str(trials),
@@ -92,8 +95,10 @@ def memory_per_trial(
                     run.starts.append(tree_memory_mb(proc.pid))
                 elif " epoch 1/1: " in line:  # Trained; its process is still there.
                     run.ends.append(tree_memory_mb(proc.pid))
+                elif line.startswith(f"{trials} trials ("):  # The final summary line.
+                    run.final = tree_memory_mb(proc.pid)
         run.seconds = time.perf_counter() - start
-        if proc.returncode or len(run.starts) != trials or len(run.ends) != trials:
+        if proc.returncode or len(run.starts) != trials or not run.final:
             raise RuntimeError(f"search failed ({proc.returncode}):\n{''.join(output)}")
         return run
 
@@ -113,12 +118,12 @@ def main() -> None:
     for i in range(args.trials):
         cells = " | ".join(f"{run.starts[i]:.0f} | {run.ends[i]:.0f}" for run in runs.values())
         print(f"| {i} | {cells} |")
+    print("| after | " + " | ".join(f"{run.final:.0f} | " for run in runs.values()) + " |")
     for r, run in runs.items():
-        (peak_start, last_start), (peak_end, last_end) = run.growth(run.starts), run.growth(
-            run.ends)
-        print(f"--recycle {r}: after the second trial, trial starts {peak_start:+.0f} MB at "
-              f"most ({last_start:+.0f} last), trial ends {peak_end:+.0f} MB at most "
-              f"({last_end:+.0f} last); wall time {run.seconds:.0f} s")
+        most, last = run.growth()
+        print(f"--recycle {r}: above the second trial's start: {most:+.0f} MB at most at a "
+              f"later trial's start, {last:+.0f} MB after the run; highest at a trial's end "
+              f"{max(run.ends):.0f} MB; wall time {run.seconds:.0f} s")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,11 @@ from memory import memory_per_trial  # noqa: E402
 
 def test_one_process_does_not_leak_our_own_memory(data_dir):
     run = memory_per_trial(trials=8, train_size=5000, data_dir=str(data_dir), recycle=0)
-    _, last = run.growth(run.ends)
-    assert last < 100, f"memory grew {last:.0f} MB after the second trial: {run.ends}"
+    _, after = run.growth()
+    assert after < 100, f"memory grew {after:.0f} MB after the second trial: {run}"
 
 
 def test_default_trial_processes_stay_within_100_mb_of_the_second_trial(data_dir):
     run = memory_per_trial(trials=8, train_size=5000, data_dir=str(data_dir), recycle=1)
-    for samples in (run.starts, run.ends):
-        most, _ = run.growth(samples)
-        assert most < 100, f"memory grew {most:.0f} MB after the second trial: {samples}"
+    most, _ = run.growth()
+    assert most < 100, f"memory grew {most:.0f} MB after the second trial: {run}"
