@@ -13,7 +13,7 @@ what a live run adds is the sampler's reaction to pruned trials, which replay ca
 
 Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
        python benchmarks/pruning.py --replay pruning-none --storage sqlite:///logs/pruning/pruning-none.db \
-           [--best-last] [--median-warmup 5]
+           [--best-last | --orders 200] [--median-warmup 5 ...]
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import dataclasses
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -66,12 +68,14 @@ def row_of(pruner: str, study: optuna.Study, seconds: float) -> Row:
 
 
 def replay(pruner: str, source: optuna.Study, best_last: bool = False,
-           warmup: int | None = None) -> Row:
+           warmup: int | None = None, order: Sequence[int] | None = None) -> Row:
     """Feed the finished curves of ``source`` (an unpruned study) to ``pruner``.
 
     ``best_last`` moves the best trial to the end: would the pruner let it finish had the
     sampler found it late, rather than as the unprunable first (warm-start) trial?
-    ``warmup`` (median only) makes the pruner judge from that epoch on instead of the 3rd.
+    ``order`` replays the trials in that order instead (positions in the list of complete
+    trials). ``warmup`` (median only) makes the pruner judge from that epoch on instead of
+    the 3rd.
     """
     config = dataclasses.replace(storage.frozen_config(source), pruner=pruner)
     chosen = make_pruner(config)
@@ -87,6 +91,8 @@ def replay(pruner: str, source: optuna.Study, best_last: bool = False,
     if best_last:
         best = source.best_trial.number
         trials.sort(key=lambda t: t.number == best)
+    if order is not None:
+        trials = [trials[i] for i in order]
     for frozen in trials:
         history = frozen.user_attrs["history"]
         trial = study.ask()
@@ -104,6 +110,30 @@ def replay(pruner: str, source: optuna.Study, best_last: bool = False,
         row.epochs += epoch
         row.seconds += sum(history["seconds"][:epoch])
     return row
+
+
+def shuffled(source: optuna.Study, candidates: list[tuple[str, int | None]], orders: int,
+             seed: int = 0) -> None:
+    """Replay every candidate on the same ``orders`` random orders of the trials; print how
+    many epochs each saves and how often it keeps the best within 0.5 points.
+
+    Where the sampler finds the best configuration is chance: one order (or two) says little
+    about a pruner, many orders show how much it saves and how often it loses the best.
+    """
+    n = len(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    rng = np.random.default_rng(seed)
+    permutations = [rng.permutation(n) for _ in range(orders)]
+    print(f"| pruner | epochs saved: mean | min | max | best kept (within 0.5 points) | "
+          f"best lost: mean points | worst |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for pruner, warmup in candidates:
+        rows = [replay(pruner, source, warmup=warmup, order=o) for o in permutations]
+        none = replay("none", source)
+        saved = np.array([1 - r.epochs / none.epochs for r in rows])
+        lost = np.array([100 * (none.best - r.best) for r in rows])
+        print(f"| {rows[0].pruner} | {100 * saved.mean():.0f}% | {100 * saved.min():.0f}% | "
+              f"{100 * saved.max():.0f}% | {np.mean(lost <= 0.5):.0%} of {orders} | "
+              f"{lost.mean():.2f} | {lost.max():.2f} |")
 
 
 def print_table(rows: list[Row], seconds_heading: str) -> None:
@@ -130,12 +160,18 @@ def main() -> None:
                         help="replay with the study's best trial moved to the end")
     parser.add_argument("--median-warmup", type=int, nargs="*", default=[], metavar="EPOCH",
                         help="also replay the median pruner judging from these epochs on")
+    parser.add_argument("--orders", type=int, metavar="N",
+                        help="replay on N random orders of the trials (seeded) and summarise")
     args, flags = parser.parse_known_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if args.replay:
         source = storage.load_study(args.replay, storage.open_storage(args.storage))
         if storage.frozen_config(source).pruner != "none":
             parser.error(f"{args.replay!r} was pruned: replay needs full curves (--pruner none)")
+        if args.orders:
+            shuffled(source, [(p, None) for p in PRUNERS[1:]]
+                     + [("median", w) for w in args.median_warmup], args.orders)
+            return
         rows = [replay(p, source, args.best_last) for p in PRUNERS]
         rows += [replay("median", source, args.best_last, w) for w in args.median_warmup]
         print_table(rows, "seconds in those epochs")

@@ -257,9 +257,10 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         help="seed of this worker's sampler, for a repeatable single-worker "
                         "search (workers of one study need different seeds or none)")
     parser.add_argument("--recycle", type=_non_negative, default=DEFAULT_RECYCLE, metavar="N",
-                        help="run the trials in a fresh worker process every N trials, which "
-                        "returns the memory TensorFlow keeps from each trained model (0: all "
-                        f"in this process; default: {DEFAULT_RECYCLE})")
+                        help="run every N trials in a fresh process forked from this one "
+                        "(which loads the data once), so the memory TensorFlow keeps from "
+                        "each trained model is returned (0: all in this process; default: "
+                        f"{DEFAULT_RECYCLE}, a process per trial)")
     parser.add_argument("--heartbeat", type=_positive, default=10,
                         help="seconds between this worker's heartbeats; a trial silent for "
                         "three of them is failed and retried by another worker (default: 10)")

@@ -48,3 +48,10 @@ def test_best_last_replay_shows_a_slow_starter_cut_short():
     # Judging from epoch 7 on, the median pruner lets the slow starter finish.
     waited = replay("median", source, best_last=True, warmup=7)
     assert waited.best == 0.9 and waited.pruner == "median from epoch 7"
+
+
+def test_replay_order_is_the_order_the_pruner_sees():
+    source = unpruned_study([SLOW_STARTER, *[STEADY] * 5])
+    moved = replay("median", source, order=[1, 2, 3, 4, 5, 0])
+    assert (moved.best, moved.stopped) == (0.7, [(0, 3, 0.9)])
+    assert replay("median", source, order=[0, 1, 2, 3, 4, 5]).best == 0.9
