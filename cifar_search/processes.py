@@ -152,9 +152,9 @@ def run_recycled(
     """Run ``trials(timeout, first)`` in forked children, one after another, until done.
 
     Each child runs at most ``every`` trials (``trials`` limits itself); ``first`` is true in
-    the first child only. Stops when a child
-    fails or is interrupted (its exit code is returned: it has said why), when ``done()``
-    says the study holds its total, or when ``timeout`` seconds have passed.
+    the first child only. Stops when a child fails or is interrupted (its exit code is
+    returned: it has said why), when ``done()`` says the study holds its total, or when
+    ``timeout`` seconds have passed.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     first = True
