@@ -13,7 +13,7 @@ what a live run adds is the sampler's reaction to pruned trials, which replay ca
 
 Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
        python benchmarks/pruning.py --replay pruning-none --storage sqlite:///logs/pruning/pruning-none.db \
-           [--best-last | --orders 200] [--median-warmup 5 ...]
+           [--best-last | --orders 200] [--median-warmup 5 ...] [--hyperband-min 3 ...]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -68,14 +69,16 @@ def row_of(pruner: str, study: optuna.Study, seconds: float) -> Row:
 
 
 def replay(pruner: str, source: optuna.Study, best_last: bool = False,
-           warmup: int | None = None, order: Sequence[int] | None = None) -> Row:
+           warmup: int | None = None, order: Sequence[int] | None = None,
+           min_resource: int | None = None) -> Row:
     """Feed the finished curves of ``source`` (an unpruned study) to ``pruner``.
 
     ``best_last`` moves the best trial to the end: would the pruner let it finish had the
     sampler found it late, rather than as the unprunable first (warm-start) trial?
     ``order`` replays the trials in that order instead (positions in the list of complete
     trials). ``warmup`` (median only) makes the pruner judge from that epoch on instead of
-    the 3rd.
+    the 3rd; ``min_resource`` (Hyperband only) makes its first rung that epoch instead of the
+    1st.
     """
     config = dataclasses.replace(storage.frozen_config(source), pruner=pruner)
     chosen = make_pruner(config)
@@ -83,6 +86,10 @@ def replay(pruner: str, source: optuna.Study, best_last: bool = False,
         chosen = optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
                                              n_warmup_steps=warmup)
         pruner = f"median from epoch {warmup}"
+    if min_resource is not None:
+        chosen = optuna.pruners.HyperbandPruner(min_resource=min_resource,
+                                                max_resource=config.max_epochs)
+        pruner = f"hyperband from epoch {min_resource}"
     # The live benchmark's study name: Hyperband assigns brackets by hashing name and number.
     study = optuna.create_study(study_name=f"pruning-{config.pruner}", direction="maximize",
                                 pruner=chosen)
@@ -112,7 +119,7 @@ def replay(pruner: str, source: optuna.Study, best_last: bool = False,
     return row
 
 
-def shuffled(source: optuna.Study, candidates: list[tuple[str, int | None]], orders: int,
+def shuffled(source: optuna.Study, candidates: list[dict[str, Any]], orders: int,
              seed: int = 0) -> None:
     """Replay every candidate on the same ``orders`` random orders of the trials; print how
     many epochs each saves and how often it keeps the best within 0.5 points.
@@ -126,8 +133,8 @@ def shuffled(source: optuna.Study, candidates: list[tuple[str, int | None]], ord
     print(f"| pruner | epochs saved: mean | min | max | best kept (within 0.5 points) | "
           f"best lost: mean points | worst |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for pruner, warmup in candidates:
-        rows = [replay(pruner, source, warmup=warmup, order=o) for o in permutations]
+    for candidate in candidates:
+        rows = [replay(source=source, order=o, **candidate) for o in permutations]
         none = replay("none", source)
         saved = np.array([1 - r.epochs / none.epochs for r in rows])
         lost = np.array([100 * (none.best - r.best) for r in rows])
@@ -160,6 +167,8 @@ def main() -> None:
                         help="replay with the study's best trial moved to the end")
     parser.add_argument("--median-warmup", type=int, nargs="*", default=[], metavar="EPOCH",
                         help="also replay the median pruner judging from these epochs on")
+    parser.add_argument("--hyperband-min", type=int, nargs="*", default=[], metavar="EPOCH",
+                        help="also replay Hyperband with its first rung at these epochs")
     parser.add_argument("--orders", type=int, metavar="N",
                         help="replay on N random orders of the trials (seeded) and summarise")
     args, flags = parser.parse_known_args()
@@ -168,12 +177,14 @@ def main() -> None:
         source = storage.load_study(args.replay, storage.open_storage(args.storage))
         if storage.frozen_config(source).pruner != "none":
             parser.error(f"{args.replay!r} was pruned: replay needs full curves (--pruner none)")
+        candidates = ([{"pruner": p} for p in PRUNERS[1:]]
+                      + [{"pruner": "median", "warmup": w} for w in args.median_warmup]
+                      + [{"pruner": "hyperband", "min_resource": m} for m in args.hyperband_min])
         if args.orders:
-            shuffled(source, [(p, None) for p in PRUNERS[1:]]
-                     + [("median", w) for w in args.median_warmup], args.orders)
+            shuffled(source, candidates, args.orders)
             return
-        rows = [replay(p, source, args.best_last) for p in PRUNERS]
-        rows += [replay("median", source, args.best_last, w) for w in args.median_warmup]
+        rows = [replay(source=source, best_last=args.best_last, **c)
+                for c in [{"pruner": "none"}, *candidates]]
         print_table(rows, "seconds in those epochs")
         return
     out = Path(args.out)

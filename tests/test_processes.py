@@ -1,0 +1,69 @@
+"""The supervisor's forked children, without TensorFlow: exit codes, failures, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from cifar_search.processes import Forked, run_children, run_recycled, without_option
+
+
+def test_forked_child_exit_code_is_its_body_return_value():
+    assert Forked(lambda: 3).wait() == 3
+    assert Forked(lambda: 0).wait() == 0
+
+
+def test_forked_child_exception_is_exit_code_1_and_never_returns_into_the_parent(capfd):
+    def fail() -> int:
+        raise ValueError("boom")
+
+    parent = os.getpid()
+    assert Forked(fail).wait() == 1
+    assert os.getpid() == parent  # Only the parent gets here.
+    assert "ValueError: boom" in capfd.readouterr().err
+
+
+def test_forked_child_runs_in_its_own_session():
+    session = os.getsid(0)
+    assert Forked(lambda: int(os.getsid(0) == session)).wait() == 0
+
+
+def test_sigterm_to_the_supervisor_reaches_the_child_once():
+    def sleeper() -> int:
+        time.sleep(60)
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    start = time.monotonic()
+    assert run_children([lambda: Forked(sleeper)]) == [-signal.SIGTERM]
+    assert time.monotonic() - start < 30
+    assert signal.getsignal(signal.SIGTERM) is before  # The supervisor's handler is undone.
+
+
+def test_recycled_children_run_until_done_and_only_the_first_is_first(tmp_path):
+    marks = tmp_path / "marks"
+
+    def trials(timeout: float | None, first: bool) -> int:
+        with marks.open("a") as out:
+            out.write(f"{os.getpid()} {first}\n")
+        return 0
+
+    lines = []
+    assert run_recycled(trials, 1, lambda: len(marks.read_text().splitlines()) == 3,
+                        log=lines.append) == 0
+    runs = [line.split() for line in marks.read_text().splitlines()]
+    assert [first for _, first in runs] == ["True", "False", "False"]
+    assert len({pid for pid, _ in runs}) == 3 and str(os.getpid()) not in {p for p, _ in runs}
+    assert lines == []  # One trial per process: nothing to announce.
+
+
+def test_recycled_chain_stops_at_a_failing_child():
+    assert run_recycled(lambda timeout, first: 2, 5, lambda: False, log=print) == 2
+
+
+def test_without_option_drops_both_spellings():
+    argv = ["--study", "s", "--threads", "2", "--threads=1", "-k", "3"]
+    assert without_option(argv, ("--threads", "-k")) == ["--study", "s"]
