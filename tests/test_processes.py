@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -67,3 +69,13 @@ def test_recycled_chain_stops_at_a_failing_child():
 def test_without_option_drops_both_spellings():
     argv = ["--study", "s", "--threads", "2", "--threads=1", "-k", "3"]
     assert without_option(argv, ("--threads", "-k")) == ["--study", "s"]
+
+
+def test_importing_the_objective_does_not_start_tensorflow():
+    """The supervisor imports it before forking: a module-level tensor would start the
+    runtime's threads there, and a forked trial process could hang on their locks."""
+    check = ("import cifar_search.objective, tensorflow as tf; "
+             "tf.config.threading.set_intra_op_parallelism_threads(1)")  # Raises once started.
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
