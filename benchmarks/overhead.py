@@ -3,7 +3,7 @@
 A trial's wall time minus the sum of its epoch times (each epoch time includes validation)
 is what the worker spent on sampling, building and compiling the model, storage writes and
 checkpoints. Also prints the time between one trial's end and the next one's start, apart
-where the worker process changed (a recycled process starting: TensorFlow import, data load),
+where the worker process changed (a new trial process starting its TensorFlow runtime),
 and the epochs the study trained against its budget (what pruning saved). Usage: python benchmarks/overhead.py --study NAME [--storage URL]
 """
 
