@@ -13,7 +13,8 @@ what a live run adds is the sampler's reaction to pruned trials, which replay ca
 
 Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
        python benchmarks/pruning.py --replay pruning-none --storage sqlite:///logs/pruning/pruning-none.db \
-           [--best-last | --orders 200] [--median-warmup 5 ...] [--hyperband-min 3 ...]
+           [--best-last | --orders 200 [--keep-first 2]] [--median-warmup 5 ...]
+           [--hyperband-min 3 ...]
 """
 
 from __future__ import annotations
@@ -120,16 +121,19 @@ def replay(pruner: str, source: optuna.Study, best_last: bool = False,
 
 
 def shuffled(source: optuna.Study, candidates: list[dict[str, Any]], orders: int,
-             seed: int = 0) -> None:
-    """Replay every candidate on the same ``orders`` random orders of the trials; print how
-    many epochs each saves and how often it keeps the best within 0.5 points.
+             keep_first: int = 0, seed: int = 0) -> None:
+    """Replay every candidate on the same ``orders`` random orders of the trials (the first
+    ``keep_first`` stay first, as a warm start would); print how many epochs each saves and
+    how often it keeps the best within 0.5 points.
 
     Where the sampler finds the best configuration is chance: one order (or two) says little
     about a pruner, many orders show how much it saves and how often it loses the best.
     """
     n = len(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     rng = np.random.default_rng(seed)
-    permutations = [rng.permutation(n) for _ in range(orders)]
+    kept = list(range(keep_first))
+    permutations = [kept + list(keep_first + rng.permutation(n - keep_first))
+                    for _ in range(orders)]
     print(f"| pruner | epochs saved: mean | min | max | best kept (within 0.5 points) | "
           f"best lost: mean points | worst |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -171,6 +175,8 @@ def main() -> None:
                         help="also replay Hyperband with its first rung at these epochs")
     parser.add_argument("--orders", type=int, metavar="N",
                         help="replay on N random orders of the trials (seeded) and summarise")
+    parser.add_argument("--keep-first", type=int, default=0, metavar="K",
+                        help="with --orders: the first K trials (the warm start) stay first")
     args, flags = parser.parse_known_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if args.replay:
@@ -181,7 +187,7 @@ def main() -> None:
                       + [{"pruner": "median", "warmup": w} for w in args.median_warmup]
                       + [{"pruner": "hyperband", "min_resource": m} for m in args.hyperband_min])
         if args.orders:
-            shuffled(source, candidates, args.orders)
+            shuffled(source, candidates, args.orders, args.keep_first)
             return
         rows = [replay(source=source, best_last=args.best_last, **c)
                 for c in [{"pruner": "none"}, *candidates]]
