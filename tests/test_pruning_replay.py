@@ -32,11 +32,11 @@ def unpruned_study(curves: list[list[float]]) -> optuna.Study:
 def test_median_replay_stops_lagging_trials_after_its_warm_up():
     source = unpruned_study([SLOW_STARTER, *[STEADY] * 4, STUCK, STUCK])
     row = replay("median", source)
-    # 5 startup trials run in full; the stuck ones stop at the first step it judges (3).
-    assert (row.trials, row.pruned, row.epochs) == (7, 2, 5 * 10 + 2 * 3)
+    # 5 startup trials run in full; the stuck ones stop at the first step it judges (5 of 10).
+    assert (row.trials, row.pruned, row.epochs) == (7, 2, 5 * 10 + 2 * 5)
     assert row.seconds == 2.0 * row.epochs
     assert row.best == 0.9
-    assert [(number, epoch) for number, epoch, _ in row.stopped] == [(5, 3), (6, 3)]
+    assert [(number, epoch) for number, epoch, _ in row.stopped] == [(5, 5), (6, 5)]
 
 
 def test_best_last_replay_shows_a_slow_starter_cut_short():
@@ -44,7 +44,7 @@ def test_best_last_replay_shows_a_slow_starter_cut_short():
     assert replay("median", source).best == 0.9  # First: a startup trial, never judged.
     late = replay("median", source, best_last=True)
     assert late.best == 0.7
-    assert late.stopped == [(0, 3, 0.9)]
+    assert late.stopped == [(0, 5, 0.9)]
     # Judging from epoch 7 on, the median pruner lets the slow starter finish.
     waited = replay("median", source, best_last=True, warmup=7)
     assert waited.best == 0.9 and waited.pruner == "median from epoch 7"
@@ -53,5 +53,5 @@ def test_best_last_replay_shows_a_slow_starter_cut_short():
 def test_replay_order_is_the_order_the_pruner_sees():
     source = unpruned_study([SLOW_STARTER, *[STEADY] * 5])
     moved = replay("median", source, order=[1, 2, 3, 4, 5, 0])
-    assert (moved.best, moved.stopped) == (0.7, [(0, 3, 0.9)])
+    assert (moved.best, moved.stopped) == (0.7, [(0, 5, 0.9)])
     assert replay("median", source, order=[0, 1, 2, 3, 4, 5]).best == 0.9
