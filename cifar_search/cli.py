@@ -51,7 +51,9 @@ def _study_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if not args.recycle:
+    # Trial processes are forked; forking a process that loaded TensorFlow's libraries is
+    # measured and tested on Linux only (macOS frameworks are not fork-safe, Windows has none).
+    if not args.recycle or sys.platform != "linux":
         return _search_here(args, max_trials=None, timeout=args.timeout)
     from cifar_search import data
     from cifar_search.processes import run_recycled
@@ -260,7 +262,8 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         help="run every N trials in a fresh process forked from this one "
                         "(which loads the data once), so the memory TensorFlow keeps from "
                         "each trained model is returned (0: all in this process; default: "
-                        f"{DEFAULT_RECYCLE}, a process per trial)")
+                        f"{DEFAULT_RECYCLE}, a process per trial; Linux only, elsewhere all "
+                        "trials run in this process)")
     parser.add_argument("--heartbeat", type=_positive, default=10,
                         help="seconds between this worker's heartbeats; a trial silent for "
                         "three of them is failed and retried by another worker (default: 10)")
