@@ -2,11 +2,11 @@
 
 Runs ``cifar-search search`` on small slices (1 epoch per trial, no pruner, the sampler
 seeded so every run trains the same trials) and prints the worker's memory when each trial
-starts and when its (only) epoch ends: the resident memory (RSS) of the command's largest process (the
-trial process, where there is one) plus the private memory of the others (the supervisor), so
-that the pages a supervisor shares with its forked trial process (the loaded images, the
-libraries) count once. For a search in one process this is its RSS. Each ``--recycle`` value given is a separate run, side by side in
-one table, with its wall time.
+starts and when its (only) epoch ends: the resident memory (RSS) of the command's largest
+process (the trial process, where there is one) plus the private memory of the others (the
+supervisor), so that the pages a supervisor shares with its forked trial process (the loaded
+images, the libraries) count once. For a search in one process this is its RSS. Each
+``--recycle`` value given is a separate run, side by side in one table, with its wall time.
 
 Usage: python benchmarks/memory.py [--trials 20] [--train-size 2000] [--recycle 0 1 5 ...]
 """

@@ -55,10 +55,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     # measured and tested on Linux only (macOS frameworks are not fork-safe, Windows has none).
     if not args.recycle or sys.platform != "linux":
         return _search_here(args, max_trials=None, timeout=args.timeout)
-    from cifar_search import data
     from cifar_search.processes import run_recycled
+    from cifar_search.search import load_train_set
 
-    loaded = data.load_train(args.data_dir)  # Once per worker: the trial processes share it.
+    loaded = load_train_set(args.data_dir)  # Once per worker: the trial processes share it.
     _import_keras_quietly()  # Loaded, not started: each trial process starts its own runtime.
     import cifar_search.objective  # noqa: F401
 
@@ -74,8 +74,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search_here(args: argparse.Namespace, *, max_trials: int | None, timeout: float | None,
-                 loaded: tuple | None = None, header: bool = True) -> int:
-    """Run the search's trials in this process (at most ``max_trials`` of them)."""
+                 loaded=None, header: bool = True) -> int:
+    """Run the search's trials in this process (at most ``max_trials`` of them), on the
+    :class:`cifar_search.search.TrainSet` a supervisor ``loaded``, if any."""
     _import_keras_quietly()
     from cifar_search.search import run_search
     from cifar_search.training import configure_threads

@@ -11,7 +11,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -102,6 +102,20 @@ def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> StudyConfig 
     return config
 
 
+class TrainSet(NamedTuple):
+    """The 50K training images and labels with their fingerprint, loaded once per worker."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    fingerprint: str
+
+
+def load_train_set(data_dir: str | None = None) -> TrainSet:
+    """Load and fingerprint the training batches (a supervisor does it for all its trials)."""
+    images, labels = data.load_train(data_dir)
+    return TrainSet(images, labels, data.fingerprint(images, labels))
+
+
 def split(
     labels: np.ndarray, config: StudyConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +190,7 @@ def run_search(
     given: dict[str, Any],
     n_trials: int,
     data_dir: str | None = None,
-    loaded: tuple[np.ndarray, np.ndarray] | None = None,
+    loaded: TrainSet | None = None,
     enqueue_baseline: bool = True,
     timeout: float | None = None,
     heartbeat: int = storage.HEARTBEAT_SECONDS,
@@ -195,8 +209,8 @@ def run_search(
     the total. On Ctrl-C or SIGTERM the current trial is failed and re-queued with its
     parameters (it resumes from its checkpoint), and KeyboardInterrupt is raised again for
     the caller to exit. ``max_trials`` stops this process after that many trials of its own
-    (:mod:`cifar_search.processes` then starts a fresh one, handing it the training images
-    and labels it ``loaded`` once; ``header`` false skips the study's opening line).
+    (:mod:`cifar_search.processes` then starts a fresh one, handing it the training set it
+    ``loaded`` once; ``header`` false skips the study's opening line).
     """
     from cifar_search.objective import (  # Deferred: starts Keras.
         NonFiniteLossError,
@@ -211,8 +225,7 @@ def run_search(
     study, created = open_or_create(name, url, heartbeat, sampler_seed)
     frozen = None if created else _wait_for_config(study)
     config = storage.resolve_config(frozen, given)
-    images, labels = data.load_train(data_dir) if loaded is None else loaded
-    fingerprint = data.fingerprint(images, labels)
+    images, labels, fingerprint = loaded or load_train_set(data_dir)
     if frozen is None:
         storage.freeze(study, config, fingerprint)
     else:
