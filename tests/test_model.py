@@ -36,7 +36,7 @@ def test_batch_norm_sits_between_each_layer_and_its_activation():
     kinds = _layer_kinds(build_cnn(batch_norm=True))
     for i, kind in enumerate(kinds):
         if kind in ("Conv2D", "Dense"):
-            assert kinds[i + 1] == "BatchNormalization"
+            assert kinds[i + 1] == "FusedBatchNormalization"
             assert kinds[i + 2].startswith("Activation")
 
 
