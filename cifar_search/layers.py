@@ -6,9 +6,11 @@ element-wise ops whose backward pass walks the activations many times. Keras 2 u
 TensorFlow's fused batch-norm kernel instead; Keras 3 does not (upstream
 keras-team/keras-core#225), and on this CPU a batch-norm epoch of the CNN cost about 2-3x an
 epoch without it. :class:`FusedBatchNormalization` is a drop-in subclass that runs
-``FusedBatchNormV3`` (and its fused gradient) for 4-D channels-last inputs, and for 2-D
-inputs seen as ``[N, 1, 1, C]``; anything else (masks, renorm, synchronized statistics,
-another axis or rank) goes to Keras' own code.
+``FusedBatchNormV3`` (and its fused gradient; with oneDNN, TensorFlow's graph passes turn it
+into oneDNN's batch norm fused with the following ReLU) for 4-D channels-last inputs.
+Anything else goes to Keras' own code: 2-D (Dense) outputs, where Keras' few small ops
+measured faster than the kernel on an ``[N, 1, 1, C]`` view, and masks, renorm, synchronized
+statistics, other axes and ranks.
 
 The mathematics are Keras 3's: the batch is normalized with its biased variance, and the
 moving statistics are ``moving * momentum + batch * (1 - momentum)`` with the biased variance
@@ -27,13 +29,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel."""
 
     def _fusable(self, inputs, mask) -> bool:
-        rank = len(inputs.shape)
         return (
             mask is None
             and not self.renorm
             and not self.synchronized
-            and rank in (2, 4)
-            and self.axis in (-1, rank - 1)
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
             and keras.backend.backend() == "tensorflow"
         )
 
@@ -42,12 +43,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
         x = tf.cast(inputs, compute_dtype)
-        channels = x.shape[-1]
-        shape = tf.shape(x)
-        if len(x.shape) == 2:
-            x = tf.reshape(x, [-1, 1, 1, channels])
-        gamma = tf.cast(self.gamma, compute_dtype) if self.scale else tf.ones([channels], compute_dtype)
-        beta = tf.cast(self.beta, compute_dtype) if self.center else tf.zeros([channels], compute_dtype)
+        channels = [x.shape[-1]]
+        gamma = tf.cast(self.gamma if self.scale else tf.ones(channels), compute_dtype)
+        beta = tf.cast(self.beta if self.center else tf.zeros(channels), compute_dtype)
         if training and self.trainable:
             y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=gamma, offset=beta, mean=tf.zeros([0], compute_dtype),
@@ -74,6 +72,4 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 variance=tf.cast(self.moving_variance, compute_dtype),
                 epsilon=self.epsilon, is_training=False, data_format="NHWC",
             )
-        if len(inputs.shape) == 2:
-            y = tf.reshape(y, shape)
         return tf.cast(y, self.compute_dtype)

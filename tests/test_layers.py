@@ -124,3 +124,13 @@ def test_saved_model_loads_back_with_the_fused_layer(tmp_path):
         for e, g in zip(model.get_layer("dense1_bn").weights,
                         loaded.get_layer("dense1_bn").weights):
             np.testing.assert_array_equal(g.numpy(), e.numpy())
+
+
+@pytest.mark.parametrize("kwargs", [{"scale": False}, {"center": False}])
+def test_without_gamma_or_beta_equals_keras(kwargs):
+    keras_bn = keras.layers.BatchNormalization(**kwargs)
+    fused = FusedBatchNormalization(**kwargs)
+    x = _batch(SHAPES[0])
+    for training in (True, False):
+        np.testing.assert_allclose(fused(x, training=training).numpy(),
+                                   keras_bn(x, training=training).numpy(), **TOL)
