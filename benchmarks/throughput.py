@@ -7,8 +7,9 @@ the median over rounds, so a change in host load hits all variants alike. Varian
 * ``cifar-search``: uint8 images in memory, gathered per shuffled batch in ``tf.data``.
 * ``cifar-search+aug``: the same with the vectorised flip+shift batch augmentation.
 * ``keras-layers+aug``: RandomFlip + RandomTranslation layers inside the model, numpy input.
-* ``cifar-search+bn``: the project's path with batch normalization (not a goal; it shows what
-  the batch-norm variant costs per epoch on this CPU).
+* ``cifar-search+bn-keras``: the project's path with ``keras.layers.BatchNormalization``.
+* ``cifar-search+bn``: the same with the project's batch norm on TensorFlow's fused kernel
+  (:mod:`cifar_search.layers`); the two are printed as epoch-time ratios to ``cifar-search``.
 
 Usage: python benchmarks/throughput.py [--images 10000] [--rounds 3] [--batch-size 128]
 """
@@ -74,6 +75,9 @@ def variants(x, y, batch_size: int) -> dict[str, tuple[keras.Model, dict]]:
     ])
     layers_aug.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy",
                        metrics=["accuracy"])
+    keras_bn = build_cnn(batch_norm=True, batch_norm_layer=keras.layers.BatchNormalization)
+    keras_bn.compile(training.build_optimizer(config, -(-len(x) // batch_size)),
+                     "categorical_crossentropy", metrics=["accuracy"])
     xf = x.astype("float32") / 255.0
     numpy_args = {"x": xf, "y": one_hot, "batch_size": batch_size}
     return {
@@ -84,6 +88,8 @@ def variants(x, y, batch_size: int) -> dict[str, tuple[keras.Model, dict]]:
                              {"x": training.make_dataset(x, y, batch_size, shuffle=True,
                                                          shift=SHIFT, flip=True)}),
         "keras-layers+aug": (layers_aug, numpy_args),
+        "cifar-search+bn-keras": (keras_bn,
+                                  {"x": training.make_dataset(x, y, batch_size, shuffle=True)}),
         "cifar-search+bn": (training.compiled_model(config.replace(batch_norm=True), len(x)),
                             {"x": training.make_dataset(x, y, batch_size, shuffle=True)}),
     }
@@ -125,6 +131,11 @@ def main() -> None:
         rate = args.images / statistics.median(seconds[name])
         print(f"\naugmentation cost of {name}: {100 * (no_aug / rate - 1):+.0f}% epoch time "
               f"over cifar-search without augmentation", end="")
+    plain_epoch = statistics.median(seconds["cifar-search"])
+    for name in ("cifar-search+bn-keras", "cifar-search+bn"):
+        ratio = statistics.median(seconds[name]) / plain_epoch
+        print(f"\nbatch-norm epoch of {name}: {ratio:.2f}x the cifar-search epoch without "
+              f"batch norm", end="")
     print()
 
 
