@@ -32,7 +32,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from cifar_search import storage
+from cifar_search import ledger, storage
 from cifar_search.search import MEDIAN_STARTUP_TRIALS, make_pruner
 
 PRUNERS = ("none", "median", "hyperband")
@@ -81,7 +81,7 @@ def replay(pruner: str, source: optuna.Study, best_last: bool = False,
     the 3rd; ``min_resource`` (Hyperband only) makes its first rung that epoch instead of the
     1st.
     """
-    config = dataclasses.replace(storage.frozen_config(source), pruner=pruner)
+    config = dataclasses.replace(ledger.frozen_config(source), pruner=pruner)
     chosen = make_pruner(config)
     if warmup is not None:
         chosen = optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
@@ -134,8 +134,8 @@ def shuffled(source: optuna.Study, candidates: list[dict[str, Any]], orders: int
     kept = list(range(keep_first))
     permutations = [kept + list(keep_first + rng.permutation(n - keep_first))
                     for _ in range(orders)]
-    print(f"| pruner | epochs saved: mean | min | max | best kept (within 0.5 points) | "
-          f"best lost: mean points | worst |")
+    print("| pruner | epochs saved: mean | min | max | best kept (within 0.5 points) | "
+          "best lost: mean points | worst |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     none = replay("none", source)  # Every order trains the same epochs and finds the best.
     for candidate in candidates:
@@ -181,7 +181,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if args.replay:
         source = storage.load_study(args.replay, storage.open_storage(args.storage))
-        if storage.frozen_config(source).pruner != "none":
+        if ledger.frozen_config(source).pruner != "none":
             parser.error(f"{args.replay!r} was pruned: replay needs full curves (--pruner none)")
         candidates = ([{"pruner": p} for p in PRUNERS[1:]]
                       + [{"pruner": "median", "warmup": w} for w in args.median_warmup]

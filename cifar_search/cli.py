@@ -67,7 +67,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                              loaded=loaded, header=first))
 
     code = run_recycled(trials, args.recycle, lambda: _study_done(args), timeout=args.timeout,
-                        log=_log)
+                        log=_log, died=lambda pid, how: _guarded(lambda: _release(args, pid, how)))
     if code == 0:
         _print_summary(_open_study(args))
     return code
@@ -83,12 +83,12 @@ def _search_here(args: argparse.Namespace, *, max_trials: int | None, timeout: f
 
     configure_threads(args.threads)
     given = {key: getattr(args, key) for key in ("seed", "max_epochs", "train_size",
-                                                  "val_size", "pruner", "layers")}
+                                                  "val_size", "pruner", "layers", "heartbeat")}
     given = {key: value for key, value in given.items() if value is not None}
     study = run_search(
         args.study, _storage_url(args), given=given, n_trials=args.n_trials,
         data_dir=args.data_dir, loaded=loaded, enqueue_baseline=not args.no_baseline,
-        timeout=timeout, heartbeat=args.heartbeat, sampler_seed=args.sampler_seed,
+        timeout=timeout, sampler_seed=args.sampler_seed,
         presets=args.preset or ([] if args.no_preset else None),
         max_trials=max_trials, header=header, log=_log,
     )
@@ -98,17 +98,21 @@ def _search_here(args: argparse.Namespace, *, max_trials: int | None, timeout: f
 
 
 def _study_done(args: argparse.Namespace) -> bool:
-    """Whether the study holds its ``--n-trials`` (finished, or running on other workers).
+    """Whether the study's ``--n-trials`` are claimed (finished, or running on other workers).
 
     The supervisor forks next: it keeps no database connection open for a child to inherit.
     """
-    from cifar_search.search import total_reached
+    from cifar_search.search import study_done
 
-    stored = _open_storage(args)
-    try:
-        return total_reached(_open_study(args, stored), args.n_trials)
-    finally:
-        stored.engine.dispose()
+    return study_done(args.study, _storage_url(args), args.n_trials, _log)
+
+
+def _release(args: argparse.Namespace, pid: int, how: str) -> int:
+    """Fail and re-queue the trial of a trial process that died, saying how it died."""
+    from cifar_search.search import release
+
+    release(args.study, _storage_url(args), pid, how, _log)
+    return 0
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -144,22 +148,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_finalize(args: argparse.Namespace) -> int:
     _import_keras_quietly()
     from cifar_search.finalize import finalize
+    from cifar_search.ledger import open_ledger
     from cifar_search.training import configure_threads
 
     configure_threads(args.threads)
-    study = _open_study(args)
+    ledger = open_ledger(args.study, _storage_url(args))
     output = Path(args.output_dir) if args.output_dir else _study_dir(args)
-    record = finalize(study, data_dir=args.data_dir, output_dir=output, force=args.force,
+    record = finalize(ledger, data_dir=args.data_dir, output_dir=output, force=args.force,
                       repeats=args.repeats, log=_log)
-    for run in record["runs"]:
+    for run in record.runs:
         _log(f"seed {run['seed']}: test accuracy {run['test_accuracy']:.4f} "
              f"(loss {run['test_loss']:.4f}), trained in {run['train_seconds']:.0f}s, "
              f"saved to {run['model_path']}")
-    spread = f" ± {record['test_accuracy_std']:.4f}" if record["repeats"] > 1 else ""
-    _log(f"test accuracy {record['test_accuracy']:.4f}{spread} for trial {record['trial']} "
-         f"retrained {record['epochs']} epochs on {record['train_images']} images; "
-         f"evaluation #{record['number']} of this study")
-    _log(f"note: {record['test_note']}")
+    spread = f" ± {record.test_accuracy_std:.4f}" if record.repeats > 1 else ""
+    _log(f"test accuracy {record.test_accuracy:.4f}{spread} for trial {record.trial} "
+         f"retrained {record.epochs} epochs on {record.train_images} images; "
+         f"evaluation #{record.number} of this study")
+    _log(f"note: {record.test_note}")
     return 0
 
 
@@ -265,9 +270,9 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         "each trained model is returned (0: all in this process; default: "
                         f"{DEFAULT_RECYCLE}, a process per trial; Linux only, elsewhere all "
                         "trials run in this process)")
-    parser.add_argument("--heartbeat", type=_positive, default=10,
-                        help="seconds between this worker's heartbeats; a trial silent for "
-                        "three of them is failed and retried by another worker (default: 10)")
+    parser.add_argument("--heartbeat", type=_positive,
+                        help="seconds between heartbeats; a trial silent for three of them is "
+                        "failed and retried by another worker (frozen; default: 10)")
 
 
 def build_parser() -> argparse.ArgumentParser:

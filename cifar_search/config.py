@@ -106,9 +106,15 @@ class StudyConfig:
     val_size: int | None = None
     pruner: str = "median"
     layers: str = "variants"
+    # Seconds between a worker's heartbeats; a trial silent for three is failed and retried.
+    # Frozen: workers that judged staleness differently would fail each other's live trials.
+    heartbeat: int = 10
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**32,
+               "seed must be an integer from 0 to 2**32 - 1")
         _check(self.max_epochs >= 1, "max_epochs must be at least 1")
+        _check(self.heartbeat >= 1, "heartbeat must be at least 1 second")
         _check(self.pruner in PRUNERS, f"pruner must be one of {PRUNERS}")
         _check(self.layers in LAYERS, f"layers must be one of {LAYERS}")
         for name in ("train_size", "val_size"):

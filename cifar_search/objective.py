@@ -8,9 +8,6 @@ they survive a crash), saves a checkpoint (so a retried trial resumes) and print
 from __future__ import annotations
 
 import gc
-import os
-import socket
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,17 +16,12 @@ import numpy as np
 import optuna
 
 from cifar_search import space, training
-from cifar_search.checkpoints import CheckpointStore
+from cifar_search.checkpoints import CheckpointStore, config_hash
 from cifar_search.config import StudyConfig
-from cifar_search.search import CLAIMED
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the trial fails with this reason recorded."""
-
-
-class SurplusTrialError(RuntimeError):
-    """Other workers already claimed the study's total; this trial fails without training."""
 
 
 class EpochReporter(training.HistoryRecorder):
@@ -55,76 +47,61 @@ class EpochReporter(training.HistoryRecorder):
 class EpochCheckpointer(keras.callbacks.Callback):
     """Saves model and optimizer state after every epoch that training goes on from."""
 
-    def __init__(self, store: CheckpointStore, study: str, key: int) -> None:
+    def __init__(self, store: CheckpointStore, trial_id: int, study_id: int,
+                 config: str) -> None:
         super().__init__()
-        self.store, self.study, self.key = store, study, key
+        self.store, self.trial_id, self.study_id, self.config = store, trial_id, study_id, config
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self.model.stop_training:
-            self.store.save(self.study, self.key, epoch + 1, training.model_to_bytes(self.model))
-
-
-def original_number(trial: optuna.Trial) -> int:
-    """The number of the trial this one retries (itself if it is no retry): it fixes the seed."""
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        original = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-    return trial.number if original is None else original
-
-
-def claimed_before(study: optuna.Study, number: int) -> int:
-    """How many trials numbered below ``number`` count toward the study's total."""
-    return sum(t.number < number for t in study.get_trials(deepcopy=False, states=CLAIMED))
+            self.store.save(self.trial_id, self.study_id, self.config, epoch + 1,
+                            training.model_to_bytes(self.model))
 
 
 @dataclass
 class Objective:
-    """Callable objective for ``study.optimize``; holds the worker's in-memory data."""
+    """Trains a claimed trial; holds the worker's in-memory data.
+
+    ``checkpoints`` (with the storage's ``study_id``) saves a checkpoint after every epoch
+    and resumes a retried trial from the one its failed predecessor handed it.
+    """
 
     train_data: tuple[np.ndarray, np.ndarray]
     val_data: tuple[np.ndarray, np.ndarray]
     study_config: StudyConfig
-    n_trials: int
     checkpoints: CheckpointStore | None = None
+    study_id: int = 0
     log: Callable[[str], None] = print
-    current: int | None = None
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        self.current = trial.number
-        if claimed_before(trial.study, trial.number) >= self.n_trials:
-            trial.set_user_attr("fail_reason", "surplus: the study's total was already claimed")
-            trial.study.stop()
-            raise SurplusTrialError(f"trial {trial.number} is beyond the study's total")
+    def __call__(self, trial: optuna.Trial, trial_id: int, key: int) -> float:
+        """Train ``trial`` (storage id ``trial_id``; ``key``: the number of the first trial
+        of its retry chain, which seeds it) and return its best validation accuracy."""
         keras.backend.clear_session()
         gc.collect()
-        key = original_number(trial)
         config = space.sample(trial, epochs=self.study_config.max_epochs,
                               seed=self.study_config.seed + key,
                               variants=self.study_config.layers == "variants")
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("family", config.family)
-        # Which machine and process: several machines, and trial processes, share a study.
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
-        model, start, history = self._resume(trial, key)
+        model, start, history = self._resume(trial, trial_id, config.to_dict())
         if start:
             self.log(f"trial {trial.number} resumes trial {key} after epoch {start}: "
                      f"{config.describe()}")
         else:
             self.log(f"trial {trial.number} starts: {config.describe()}")
         reporter = EpochReporter(trial, config.epochs, self.log, history)
+        for epoch, value in enumerate(reporter.history["val_accuracy"], start=1):
+            trial.report(value, epoch)  # The resumed epochs, for the pruner.
         callbacks: list[keras.callbacks.Callback] = [reporter]
         if self.checkpoints is not None:
-            callbacks.append(EpochCheckpointer(self.checkpoints, trial.study.study_name, key))
+            callbacks.append(EpochCheckpointer(self.checkpoints, trial_id, self.study_id,
+                                               config_hash(config.to_dict())))
         training.train(config, self.train_data, self.val_data, callbacks=callbacks,
                        model=model, initial_epoch=start)
-        if self.checkpoints is not None:
-            self.checkpoints.delete(trial.study.study_name, key)
 
         if reporter.non_finite:
-            trial.set_user_attr("fail_reason", reporter.non_finite)
-            raise NonFiniteLossError(f"trial {trial.number}: {reporter.non_finite}")
+            raise NonFiniteLossError(reporter.non_finite)
         val = reporter.history["val_accuracy"]
         best_epoch = int(np.argmax(val)) + 1
         trial.set_user_attr("best_epoch", best_epoch)
@@ -134,12 +111,17 @@ class Objective:
         return float(val[best_epoch - 1])
 
     def _resume(
-        self, trial: optuna.Trial, key: int
+        self, trial: optuna.Trial, trial_id: int, config: dict
     ) -> tuple[keras.Model | None, int, dict[str, list[float]] | None]:
-        """The checkpointed model, its epoch and its curves, if a checkpoint exists."""
-        saved = None if self.checkpoints is None else self.checkpoints.load(
-            trial.study.study_name, key)
+        """The checkpointed model, its epoch and its curves, if this trial holds a checkpoint
+        trained with its configuration."""
+        saved = None if self.checkpoints is None else self.checkpoints.load(trial_id)
         if saved is None:
+            return None, 0, None
+        if saved.config_hash != config_hash(config):
+            self.log(f"trial {trial.number}: its checkpoint was trained with another "
+                     f"configuration; starting over")
+            self.checkpoints.delete(trial_id)
             return None, 0, None
         history = trial.user_attrs.get("history", {})
         history = {name: values[: saved.epoch] for name, values in history.items()}

@@ -142,22 +142,39 @@ def run_children(starts: Sequence[Callable[[], Child]]) -> list[int]:
             signal.signal(signum, handler)
 
 
+# A supervisor gives up after this many trial processes in a row died of a signal.
+MAX_DEATHS_IN_A_ROW = 3
+
+
+def how_it_died(code: int) -> str:
+    """``code`` of a dead child (negative: the signal that killed it) in words."""
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the out-of-memory killer sends it)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
 def run_recycled(
     trials: Callable[[float | None, bool], int],
     every: int,
     done: Callable[[], bool],
     timeout: float | None = None,
     log: Callable[[str], None] = print,
+    died: Callable[[int, str], None] = lambda pid, how: None,
 ) -> int:
     """Run ``trials(timeout, first)`` in forked children, one after another, until done.
 
     Each child runs at most ``every`` trials (``trials`` limits itself); ``first`` is true in
-    the first child only. Stops when a child fails or is interrupted (its exit code is
-    returned: it has said why), when ``done()`` says the study holds its total, or when
-    ``timeout`` seconds have passed.
+    the first child only. A child killed by a signal (the out-of-memory killer, an operator)
+    is reported to ``died(pid, how)``, which fails and re-queues its trial at once, and the
+    next child goes on; after :data:`MAX_DEATHS_IN_A_ROW` such deaths the supervisor stops.
+    Stops when a child fails or is interrupted (its exit code is returned: it has said
+    why; one that crashed is reported to ``died`` too), when ``done()`` says the study's
+    total is claimed, or when ``timeout`` seconds have passed.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    first = True
+    first, deaths = True, 0
     while True:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
@@ -165,8 +182,20 @@ def run_recycled(
         if not first and every > 1:
             log(f"starting a fresh trial process (one every {every} trials, so memory that "
                 "TensorFlow keeps after each trial is returned)")
-        (code,) = run_children([lambda: Forked(lambda: trials(remaining, first))])
+        child = Forked(lambda: trials(remaining, first))
+        (code,) = run_children([lambda: child])
         first = False
+        if code < 0 or code == 1:
+            died(child.pid, how_it_died(code))
+        if -code in _FORWARDED:  # Ctrl-C or SIGTERM reached the child before its handlers.
+            return 130
+        if code < 0:
+            deaths += 1
+            if deaths >= MAX_DEATHS_IN_A_ROW:
+                log(f"{deaths} trial processes in a row were killed; this worker stops")
+                return 1
+            continue
+        deaths = 0
         if code or done():
             return code
 

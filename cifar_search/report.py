@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from cifar_search.config import TrainConfig
 from cifar_search.data import TEST_NOTE
+from cifar_search.ledger import DONE, MAX_RETRIES, evaluations, given_up
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -56,11 +57,20 @@ def status_table(study: optuna.Study) -> str:
     lines.append(_table(STATUS_HEADER, [_row(t) for t in trials]) if trials
                  else "(no trials yet)")
     lines += ["", summary_line(study)]
-    for record in study.user_attrs.get("test_evaluations", []):
+    for number in given_up(trials):
+        lines.append(f"trial {number} given up: it failed {MAX_RETRIES + 1} times (the "
+                     f"original and {MAX_RETRIES} retries); it does not count")
+    for record in evaluations(study):
+        forced = " (forced)" if record.forced else ""
+        if record.status != DONE:
+            lines.append(f"test evaluation #{record.number}{forced}: reserved at "
+                         f"{record.reserved_at} by {record.worker} for trial {record.trial} "
+                         f"and not completed (the test set may have been read; it counts)")
+            continue
         lines.append(
-            f"test evaluation #{record['number']}{' (forced)' if record['forced'] else ''}: "
-            f"accuracy {record['test_accuracy']:.4f} from trial {record['trial']} retrained "
-            f"{record['epochs']} epochs on {record['train_images']} images ({TEST_NOTE})"
+            f"test evaluation #{record.number}{forced}: accuracy {record.test_accuracy:.4f} "
+            f"from trial {record.trial} retrained {record.epochs} epochs on "
+            f"{record.train_images} images ({TEST_NOTE})"
         )
     return "\n".join(lines)
 
@@ -334,7 +344,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
               for t in best}
     finals = [(record, out_dir / f"final-{record['number']}-curves.png",
                plots.final_curves(record))
-              for record in study.user_attrs.get("test_evaluations", [])]
+              for record in (e.to_dict() for e in evaluations(study) if e.status == DONE)]
     plots.write_pngs({**curves, **{png: figure for _, png, figure in finals}})
 
     rows = structure_rows(study)

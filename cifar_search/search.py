@@ -1,34 +1,37 @@
-"""Run (or resume, or join) a search: study, frozen configuration, data, split, optimize.
+"""Run (or resume, or join) a search: validate, prepare the study, enqueue warm starts, optimize.
 
 Any number of workers may call :func:`run_search` on the same study and storage; the first
 one creates the study and freezes its configuration, later ones read it and check theirs.
+Which trial a worker runs, what counts toward the total and what happens to a trial whose
+worker dies is the ledger's business (:mod:`cifar_search.ledger`); this module trains.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from cifar_search import data, storage
+from cifar_search import data
 from cifar_search.config import StudyConfig
 from cifar_search.errors import CifarSearchError
+from cifar_search.ledger import Ledger, Retry, counted, open_ledger, original_number, worker_id
 from cifar_search.report import summary_line
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
 from cifar_search.presets import get as get_preset
 from cifar_search.space import BASELINE_PARAMS, params_of
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Trials that count toward a study's total: finished, or going to be.
-CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
-
+if TYPE_CHECKING:
+    from cifar_search.objective import Objective
 
 # The median pruner judges a trial once this many trials have finished.
 MEDIAN_STARTUP_TRIALS = 5
@@ -67,21 +70,6 @@ def make_sampler(seed: int | None = None) -> optuna.samplers.BaseSampler:
                                           seed=seed)
 
 
-def open_or_create(
-    name: str, url: str, heartbeat: int, sampler_seed: int | None = None
-) -> tuple[optuna.Study, bool]:
-    """The study and whether this call created it (only the creator freezes its configuration)."""
-    stored = storage.open_storage(url, create=True, heartbeat=heartbeat)
-    try:
-        study = optuna.create_study(study_name=name, storage=stored, direction="maximize",
-                                    sampler=make_sampler(sampler_seed))
-        return study, True
-    except optuna.exceptions.DuplicatedStudyError:
-        study = storage.load_study(name, stored)
-        study.sampler = make_sampler(resumed_seed(sampler_seed, len(study.trials)))
-        return study, False
-
-
 def resumed_seed(seed: int | None, n_trials: int) -> int | None:
     """The sampler seed of a worker joining a study that holds ``n_trials`` trials.
 
@@ -92,14 +80,6 @@ def resumed_seed(seed: int | None, n_trials: int) -> int | None:
     if seed is None or n_trials == 0:
         return seed
     return int(np.random.SeedSequence([seed, n_trials]).generate_state(1)[0])
-
-
-def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> StudyConfig | None:
-    """A study just created by another worker gets its configuration a moment later."""
-    deadline = time.monotonic() + seconds
-    while (config := storage.frozen_config(study)) is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return config
 
 
 class TrainSet(NamedTuple):
@@ -125,82 +105,58 @@ def split(
             data.subsample(val_idx, labels, config.val_size, config.seed))
 
 
-def _announce(log: Callable[[str], None]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = "" if trial.value is None else f", validation accuracy {trial.value:.4f}"
-        reason = trial.user_attrs.get("fail_reason")
-        log(f"trial {trial.number} {trial.state.name.lower()}{value}"
-            f"{f' ({reason})' if reason else ''}; {summary_line(study)}")
-
-    return callback
-
-
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+def validate(given: Mapping[str, Any], n_trials: int, presets: Sequence[str] | None) -> None:
+    """Refuse bad settings before anything is read or written."""
+    if n_trials < 1:
+        raise CifarSearchError("--n-trials must be at least 1")
+    StudyConfig(**given)
+    for preset_name in presets or ():
+        get_preset(preset_name)
 
 
-def _fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and so re-queue) trials whose worker stopped sending heartbeats."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+def prepare_study(
+    name: str, url: str, given: Mapping[str, Any], fingerprint: str,
+    sampler_seed: int | None = None,
+) -> tuple[Ledger, StudyConfig, bool]:
+    """Create or join the study: its ledger, its configuration, and whether this call froze
+    it (so this worker is the study's first)."""
+    ledger = open_ledger(name, url, create=True)
+    froze = ledger.config() is None
+    config = ledger.freeze_or_check(given, fingerprint)
+    ledger.study.sampler = make_sampler(resumed_seed(sampler_seed, len(ledger.trials())))
+    ledger.study.pruner = make_pruner(config)
+    return ledger, config, froze
 
 
-def total_reached(study: optuna.Study, n_trials: int) -> bool:
-    """True when ``n_trials`` trials are finished or running (here or elsewhere).
-
-    Queued trials beyond that (a warm start the total left no room for) stay queued for a
-    later, larger run; a queued retry of a failed trial is run, since its failure does not
-    count.
-    """
-    _fail_stale_trials(study)
-    counted = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    return len(counted) >= n_trials
-
-
-def _stop_at_total(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if total_reached(study, n_trials):
-            study.stop()
-
-    return callback
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so a stopped worker leaves its trial ready for a retry."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # Not the main thread: leave signals alone.
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def enqueue_warm_starts(ledger: Ledger, config: StudyConfig, *, first: bool,
+                        presets: Sequence[str] | None, baseline: bool) -> None:
+    """Queue the named presets (for the study's first worker, by default the best one for its
+    layers) and, in a new study, the seed's baseline; each at most once per study."""
+    if presets is None:
+        presets = [DEFAULT_PRESETS[config.layers]] if first else []
+    for preset_name in presets:
+        ledger.enqueue(params_of(get_preset(preset_name).config), {"preset": preset_name})
+    if first and baseline:
+        ledger.enqueue(BASELINE_PARAMS, {"reference": "seed baseline"})
 
 
 def run_search(
     name: str,
     url: str,
     *,
-    given: dict[str, Any],
+    given: Mapping[str, Any],
     n_trials: int,
     data_dir: str | None = None,
     loaded: TrainSet | None = None,
     enqueue_baseline: bool = True,
     timeout: float | None = None,
-    heartbeat: int = storage.HEARTBEAT_SECONDS,
     sampler_seed: int | None = None,
     presets: Sequence[str] | None = None,
     max_trials: int | None = None,
     header: bool = True,
     log: Callable[[str], None] = print,
 ) -> optuna.Study:
-    """Run trials on study ``name`` until it holds ``n_trials`` finished trials in total.
+    """Run trials on study ``name`` until it holds ``n_trials`` counted trials in total.
 
     A new study first runs ``presets`` (by default the best known preset for its layers,
     :data:`cifar_search.presets.DEFAULTS`), then the seed's baseline unless
@@ -212,65 +168,205 @@ def run_search(
     (:mod:`cifar_search.processes` then starts a fresh one, handing it the training set it
     ``loaded`` once; ``header`` false skips the study's opening line).
     """
-    from cifar_search.objective import (  # Deferred: starts Keras.
-        NonFiniteLossError,
-        Objective,
-        SurplusTrialError,
-    )
-
-    if n_trials < 1:
-        raise CifarSearchError("--n-trials must be at least 1")
-    for preset_name in presets or ():
-        get_preset(preset_name)  # Refuse an unknown name before touching the storage.
-    study, created = open_or_create(name, url, heartbeat, sampler_seed)
-    frozen = None if created else _wait_for_config(study)
-    config = storage.resolve_config(frozen, given)
+    validate(given, n_trials, presets)
     images, labels, fingerprint = loaded or load_train_set(data_dir)
-    if frozen is None:
-        storage.freeze(study, config, fingerprint)
-    else:
-        storage.check_fingerprint(study, fingerprint)
-    if presets is None:
-        presets = [DEFAULT_PRESETS[config.layers]] if frozen is None else []
-    for preset_name in presets:
-        study.enqueue_trial(params_of(get_preset(preset_name).config),
-                            user_attrs={"preset": preset_name}, skip_if_exists=True)
-    if frozen is None and enqueue_baseline:
-        study.enqueue_trial(BASELINE_PARAMS, user_attrs={"reference": "seed baseline"},
-                            skip_if_exists=True)
-    study.pruner = make_pruner(config)
+    ledger, config, first = prepare_study(name, url, given, fingerprint, sampler_seed)
+    ledger.on_stale = _stale_logger(ledger, log)
+    enqueue_warm_starts(ledger, config, first=first, presets=presets, baseline=enqueue_baseline)
 
     train_idx, val_idx = split(labels, config)
     if header:
-        log(f"study {name!r}: {finished_count(study)}/{n_trials} trials finished; training on "
+        finished = sum(t.state.is_finished() and t.state != TrialState.FAIL
+                       for t in ledger.trials())
+        log(f"study {name!r}: {finished}/{n_trials} trials finished; training on "
             f"{len(train_idx)} images, validating on {len(val_idx)} (split seed "
             f"{config.seed}), up to {config.max_epochs} epochs per trial")
-    if total_reached(study, n_trials):
-        log(f"study {name!r} already has its {n_trials} trials (finished or running elsewhere)")
-        return study
-    objective = Objective(
-        (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]), config,
-        n_trials, storage.checkpoint_store(url), log,
-    )
+    from cifar_search.objective import Objective  # Deferred: starts Keras.
+
+    objective = Objective((images[train_idx], labels[train_idx]),
+                          (images[val_idx], labels[val_idx]), config, ledger.checkpoints,
+                          ledger.study_id, log)
+    optimize(ledger, objective, n_trials=n_trials, max_trials=max_trials, timeout=timeout,
+             log=log)
+    return ledger.study
+
+
+class Interrupts:
+    """Ctrl-C and SIGTERM as KeyboardInterrupt, except inside :meth:`held` sections, which
+    finish first (a claim, a tell, the clean-up after an interrupt): a signal arriving there
+    is raised when the section ends, and a second one while it is pending changes nothing."""
+
+    def __init__(self) -> None:
+        self._holding = 0
+        self._pending = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self._holding:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # Signals reach the main thread only: leave them alone.
+            return
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+        if not self._holding and self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every interval, in a thread, while training runs."""
+
+    def __init__(self, stored: optuna.storages.RDBStorage, trial_id: int) -> None:
+        self._stored, self._trial_id = stored, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._stored.heartbeat_interval):
+            try:
+                self._stored.record_heartbeat(self._trial_id)
+            except Exception:  # noqa: BLE001 (a missed beat; the next one may get through)
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def optimize(ledger: Ledger, objective: "Objective", *, n_trials: int,
+             max_trials: int | None = None, timeout: float | None = None,
+             log: Callable[[str], None] = print) -> None:
+    """Claim and train trials until the study's total is claimed, ``max_trials`` of this
+    process's own have run, or ``timeout`` seconds have passed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    owner = worker_id()
+    interrupts = Interrupts()
+    ran = 0
+    with interrupts.installed():
+        while max_trials is None or ran < max_trials:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            claimed = None
+            try:
+                with interrupts.held():
+                    claimed = ledger.claim(n_trials, owner)
+                if claimed is None:
+                    return
+                ran += 1
+                _train(ledger, objective, *claimed, interrupts=interrupts, log=log)
+            except BaseException as exc:
+                if claimed is not None:
+                    with interrupts.held():
+                        _abandon(ledger, claimed[1], exc, log)
+                raise
+            gc.collect()
+
+
+def _train(ledger: Ledger, objective: "Objective", trial_id: int, number: int, *,
+           interrupts: Interrupts, log: Callable[[str], None]) -> None:
+    """Train claimed trial ``number`` and tell the study how it ended."""
+    from cifar_search.objective import NonFiniteLossError
+
+    study = ledger.study
+    trial = optuna.Trial(study, trial_id)  # The sampler proposes here.
+    key = original_number(ledger.storage.get_trial(trial_id))
+    value, state, reason = None, TrialState.COMPLETE, None
     try:
-        with _sigterm_as_interrupt():
-            study.optimize(
-                objective,
-                n_trials=max_trials,
-                timeout=timeout,
-                callbacks=[_announce(log), _stop_at_total(n_trials)],
-                catch=(NonFiniteLossError, SurplusTrialError),
-                gc_after_trial=True,
-            )
-    except KeyboardInterrupt:
-        _requeue_interrupted(study, objective.current, log)
-        raise
-    return study
+        with Heartbeat(ledger.storage, trial_id):
+            value = objective(trial, trial_id, key)
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except NonFiniteLossError as exc:
+        state, reason = TrialState.FAIL, str(exc)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _taken_over(ledger, number, log)
+        return
+    with interrupts.held():
+        if state == TrialState.FAIL:
+            told = ledger.fail(number, reason)
+        else:
+            try:
+                told = study.tell(trial, value, state=state,
+                                  skip_if_finished=True).state == state
+            except optuna.exceptions.UpdateFinishedTrialError:
+                told = False  # Failed as stale by another worker between two reads.
+        if not told:
+            _taken_over(ledger, number, log)
+            return
+        ledger.checkpoints.delete(trial_id)
+        frozen = ledger.storage.get_trial(trial_id)
+        shown = "" if frozen.value is None else f", validation accuracy {frozen.value:.4f}"
+        log(f"trial {number} {frozen.state.name.lower()}{shown}"
+            f"{f' ({reason})' if reason else ''}; {summary_line(study)}")
 
 
-def _requeue_interrupted(study: optuna.Study, number: int | None, log: Callable[[str], None]) -> None:
-    """Re-queue the trial an interrupt cut short, so the next run resumes it."""
-    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if trial is not None and trial.state == TrialState.FAIL:
-        storage.retry(study, trial)
-        log(f"trial {number} interrupted; re-queued with the same parameters")
+def _stale_logger(ledger: Ledger, log: Callable[[str], None]) -> Callable[[Retry], None]:
+    def announce(outcome: Retry) -> None:
+        log(f"trial {outcome.number} sent no heartbeat for {ledger.storage.grace_period} s "
+            f"(its worker died or stopped); {outcome.describe()}")
+
+    return announce
+
+
+def _taken_over(ledger: Ledger, number: int, log: Callable[[str], None]) -> None:
+    log(f"trial {number} was failed by another worker while this one was silent for more "
+        f"than {ledger.storage.grace_period} s (stopped or cut off); its retry runs there, "
+        f"and this worker goes on")
+
+
+def _abandon(ledger: Ledger, number: int, exc: BaseException,
+             log: Callable[[str], None]) -> None:
+    """Leave no RUNNING trial behind: fail ``number`` and re-queue it after an interrupt,
+    or record the error that stopped it."""
+    if isinstance(exc, KeyboardInterrupt):
+        if ledger.fail(number):
+            for outcome in ledger.requeue({number}):
+                log(f"trial {number} interrupted; {outcome.describe()}")
+    else:
+        ledger.fail(number, f"error: {exc!r}")
+
+
+def study_done(name: str, url: str, n_trials: int,
+               log: Callable[[str], None] = print) -> bool:
+    """Whether the study's total is claimed (stale trials are failed and re-queued first)."""
+    ledger = open_ledger(name, url)
+    ledger.on_stale = _stale_logger(ledger, log)
+    try:
+        ledger.recover()
+        return counted(ledger.trials()) >= n_trials
+    finally:
+        ledger.storage.engine.dispose()
+
+
+def release(name: str, url: str, pid: int, how: str, log: Callable[[str], None]) -> None:
+    """Fail and re-queue the trial of dead trial process ``pid``, saying how it died."""
+    ledger = open_ledger(name, url)
+    try:
+        outcomes = ledger.release(worker_id(pid))
+        for outcome in outcomes:
+            log(f"trial process {pid} {how}; {outcome.describe()}")
+        if not outcomes:
+            log(f"trial process {pid} {how}; it held no running trial")
+    finally:
+        ledger.storage.engine.dispose()

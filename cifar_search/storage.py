@@ -1,64 +1,131 @@
-"""Where studies live: storage URLs, heartbeats and retries, and the frozen study configuration.
+"""Where studies live: a storage URL -> a SQLAlchemy engine and an Optuna ``RDBStorage``.
 
-Every storage is an Optuna ``RDBStorage`` on a SQLAlchemy URL, so SQLite on one machine and
-PostgreSQL across machines go through the same code. Heartbeats let a live worker notice a
-dead worker's RUNNING trial and re-queue it with the same parameters.
+SQLite on one machine and PostgreSQL across machines go through the same code. Two settings
+make them safe for several workers at once:
+
+* SQLite transactions take the write lock when they begin (``BEGIN IMMEDIATE``). pysqlite
+  otherwise starts a transaction at its first write, so a read that decides a write (Optuna
+  claiming a queued trial, failing a stale one, telling a finished one) is not atomic and
+  two workers can both act on what they read (optuna/optuna#4621). PostgreSQL needs nothing:
+  Optuna reads those rows ``FOR UPDATE``.
+* SQLite is refused on a network filesystem, where its locks do not hold.
+
+The study's records and their rules live in :mod:`cifar_search.ledger`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
+import os
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from cifar_search.checkpoints import CheckpointStore
-from cifar_search.config import StudyConfig
 from cifar_search.errors import CifarSearchError
 
 T = TypeVar("T")
 STUDIES_DIR = Path("studies")
 HEARTBEAT_SECONDS = 10
-MAX_RETRIES = 3
 SQLITE_TIMEOUT_SECONDS = 60
 SCHEMA_ATTEMPTS = 5
-CONFIG_ATTR = "config"
+# Backends whose cross-process locks the ledger knows how to take.
+DIALECTS = ("sqlite", "postgresql")
+# Filesystems on which SQLite's file locks do not hold (https://sqlite.org/faq.html#q5).
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "9p", "afs", "lustre",
+                       "gpfs", "ceph", "glusterfs", "fuse.sshfs", "fuse.glusterfs",
+                       "fuse.cephfs", "beegfs")
 
 
 def default_url(study_name: str) -> str:
-    """``sqlite:///studies/<study>.db``: the default home of a study, relative to the cwd."""
-    return f"sqlite:///{STUDIES_DIR / f'{study_name}.db'}"
+    """``sqlite:///studies/<study>.db`` as an absolute URL: the default home of a study."""
+    return f"sqlite:///{(STUDIES_DIR / f'{study_name}.db').resolve()}"
 
 
-def _sqlite_path(url: str) -> Path | None:
-    parsed = make_url(url)
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite ``url`` (None for other backends or in-memory)."""
+    parsed = _parse(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
     return Path(parsed.database)
 
 
-def _engine_kwargs(url: str, *, create: bool) -> dict[str, Any]:
-    """Engine settings for ``url``; checks that a SQLite file exists unless ``create``."""
+def _parse(url: str) -> sqlalchemy.engine.URL:
     try:
-        path = _sqlite_path(url)
+        parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError as exc:
         raise CifarSearchError(f"not a storage URL: {url!r} (e.g. sqlite:///studies/x.db "
                                f"or postgresql://user@host/db)") from exc
+    if parsed.get_backend_name() not in DIALECTS:
+        raise CifarSearchError(f"unsupported storage {parsed.get_backend_name()!r}: use "
+                               f"sqlite:///path.db on one machine or postgresql://... to "
+                               f"share a study between machines")
+    return parsed
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password hidden, for messages and logs."""
+    return _parse(url).render_as_string(hide_password=True)
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the filesystem holding ``path`` (Linux's /proc/mounts; None elsewhere)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    path = Path(os.path.realpath(path))
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == Path(point) or Path(point) in path.parents
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def check_local(path: Path, mounts: str | None = None) -> None:
+    """Refuse a SQLite file on a network filesystem, where its locks do not hold."""
+    kind = filesystem_type(path if path.exists() else path.parent, mounts)
+    if kind in NETWORK_FILESYSTEMS or (kind or "").startswith("nfs"):
+        raise CifarSearchError(
+            f"{path} is on a network filesystem ({kind}), where SQLite's locks do not hold and "
+            f"concurrent workers corrupt the database; share a study between machines with "
+            f"PostgreSQL (--storage postgresql://user@host/db), or keep the SQLite file on a "
+            f"local disk")
+
+
+def _engine_kwargs(url: str, *, create: bool) -> dict[str, Any]:
+    """Engine settings for ``url``; checks a SQLite file (exists unless ``create``, local)."""
+    path = sqlite_path(url)
     if path is None:
         return {"pool_pre_ping": True}
     if not path.exists() and not create:
         raise CifarSearchError(f"no study database at {path} (run 'cifar-search search' "
                                f"first, or give --storage)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_local(path.parent if not path.exists() else path)
     # Several local workers share one file: wait for the write lock instead of failing.
-    return {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
+    # isolation_level=None: pysqlite leaves transactions to us (see _begin_immediate).
+    return {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS, "isolation_level": None}}
+
+
+def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
+    """Make every SQLite transaction take the write lock when it begins (SQLAlchemy's recipe
+    for pysqlite), so that what a transaction reads cannot change before it writes."""
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "begin")
+        def begin(conn: sqlalchemy.engine.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _storage_error(url: str, exc: Exception) -> CifarSearchError:
@@ -66,7 +133,15 @@ def _storage_error(url: str, exc: Exception) -> CifarSearchError:
         return CifarSearchError(f"no database driver for {make_url(url).drivername!r} "
                                 f"(for PostgreSQL: pip install 'cifar-search[postgres]')")
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-    return CifarSearchError(f"cannot open storage {make_url(url)!r}: {reason}")
+    return CifarSearchError(f"cannot open storage {safe_url(url)}: {reason}")
+
+
+def prepare(url: str, *, create: bool = False) -> None:
+    """Check ``url`` and make the folder of a new SQLite file; raise CifarSearchError if bad."""
+    _engine_kwargs(url, create=create)
+    path = sqlite_path(url)
+    if path is not None and create:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def open_engine(url: str, *, create: bool = False) -> sqlalchemy.engine.Engine:
@@ -75,12 +150,13 @@ def open_engine(url: str, *, create: bool = False) -> sqlalchemy.engine.Engine:
     WAL lets readers go on while one worker writes, which (with the busy timeout) keeps
     several local workers from failing with "database is locked".
     """
-    kwargs = _engine_kwargs(url, create=create)
+    prepare(url, create=create)
     try:
-        engine = sqlalchemy.create_engine(url, **kwargs)
+        engine = sqlalchemy.create_engine(url, **_engine_kwargs(url, create=create))
         with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            if engine.dialect.name == "sqlite":  # Outside a transaction: autocommit mode.
+                conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        _begin_immediate(engine)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         raise _storage_error(url, exc) from exc
     return engine
@@ -90,10 +166,10 @@ def open_storage(url: str, *, create: bool = False,
                  heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storages.RDBStorage:
     """Open ``url`` as an Optuna storage with heartbeats every ``heartbeat`` seconds.
 
-    A trial whose worker has sent no heartbeat for three intervals is failed by the next
-    worker that starts a trial, and re-queued with the same parameters (three times at most).
-    Raises CifarSearchError, with one line saying what is wrong, for a malformed URL, a
-    missing SQLite file (unless ``create``), a database driver that is not installed, or a
+    A trial whose worker has sent no heartbeat for three intervals is stale: the ledger fails
+    and re-queues it. Raises CifarSearchError, with one line saying what is wrong, for a
+    malformed URL, an unsupported backend, a missing SQLite file (unless ``create``), a
+    SQLite file on a network filesystem, a database driver that is not installed, or a
     server that does not answer.
     """
     open_engine(url, create=create).dispose()
@@ -101,30 +177,28 @@ def open_storage(url: str, *, create: bool = False,
     def rdb_storage() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():  # Heartbeats are "experimental" since 2.8.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            stored = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=_engine_kwargs(url, create=create),
                 heartbeat_interval=heartbeat,
                 grace_period=3 * heartbeat,
-                heartbeat_stale_trial_callback=_retry_callback(),
             )
+        _begin_immediate(stored.engine)
+        return stored
 
     try:
-        return _despite_schema_race(rdb_storage)
+        return despite_schema_race(rdb_storage)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         raise _storage_error(url, exc) from exc
 
 
-def checkpoint_store(url: str) -> CheckpointStore:
-    """The per-trial checkpoint table in the study database at ``url``."""
-    engine = open_engine(url)
-    try:
-        return _despite_schema_race(lambda: CheckpointStore(engine))
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise _storage_error(url, exc) from exc
+def set_heartbeat(stored: optuna.storages.RDBStorage, heartbeat: int) -> None:
+    """Use the study's frozen heartbeat: every worker must judge staleness alike."""
+    stored.heartbeat_interval = heartbeat
+    stored.grace_period = 3 * heartbeat
 
 
-def _despite_schema_race(create: Callable[[], T]) -> T:
+def despite_schema_race(create: Callable[[], T]) -> T:
     """Call ``create``, again if it fails while other workers create the same tables.
 
     Workers that start together on a new database race to create its schema; the losers
@@ -139,21 +213,6 @@ def _despite_schema_race(create: Callable[[], T]) -> T:
     return create()
 
 
-def _retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_RETRIES, inherit_intermediate_values=True
-        )
-
-
-def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Re-queue a failed trial with the same parameters, as heartbeats do for dead workers."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        _retry_callback()(study, trial)
-
-
 def load_study(name: str, storage: optuna.storages.BaseStorage, **kwargs: Any) -> optuna.Study:
     """Load an existing study, or raise CifarSearchError naming the studies that do exist."""
     try:
@@ -163,52 +222,3 @@ def load_study(name: str, storage: optuna.storages.BaseStorage, **kwargs: Any) -
         raise CifarSearchError(
             f"no study named {name!r} in this storage (studies: {', '.join(names) or 'none'})"
         ) from exc
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages a study's results depend on."""
-    names = ("cifar-search", "optuna", "keras", "tensorflow", "numpy")
-    found = {}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def frozen_config(study: optuna.Study) -> StudyConfig | None:
-    """The configuration the study's first worker froze, or None for a fresh study."""
-    values = study.user_attrs.get(CONFIG_ATTR)
-    return None if values is None else StudyConfig.from_dict(values)
-
-
-def resolve_config(frozen: StudyConfig | None, given: dict[str, Any]) -> StudyConfig:
-    """The study's configuration: the frozen one, checked against the settings ``given``.
-
-    ``given`` holds only settings the user set explicitly; a fresh study takes them over
-    the defaults, an existing one refuses any that differ from what it froze.
-    """
-    if frozen is None:
-        return StudyConfig(**given)
-    differ = {k: (v, getattr(frozen, k)) for k, v in given.items() if getattr(frozen, k) != v}
-    if differ:
-        detail = ", ".join(f"{k}={new!r} (study has {old!r})" for k, (new, old) in differ.items())
-        raise CifarSearchError(f"settings differ from the study's frozen configuration: {detail}")
-    return frozen
-
-
-def freeze(study: optuna.Study, config: StudyConfig, data_fingerprint: str) -> None:
-    """Write the configuration, data fingerprint and versions into the study, once."""
-    study.set_user_attr(CONFIG_ATTR, config.to_dict())
-    study.set_user_attr("data_fingerprint", data_fingerprint)
-    study.set_user_attr("versions", versions())
-
-
-def check_fingerprint(study: optuna.Study, data_fingerprint: str) -> None:
-    frozen = study.user_attrs.get("data_fingerprint")
-    if frozen is not None and frozen != data_fingerprint:
-        raise CifarSearchError(
-            f"this worker's CIFAR-10 data (fingerprint {data_fingerprint}) differs from the "
-            f"study's ({frozen}); point --data-dir at the same copy"
-        )

@@ -8,14 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import uuid
+
 import optuna
 import pytest
+import sqlalchemy
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COPY = REPO.parent / "shared" / "cifar10" / "cifar-10-batches-py"
 CLI = str(Path(sys.executable).with_name("cifar-search"))
 SMALL = ["--train-size", "1000", "--val-size", "500", "--max-epochs", "2"]
 REPORTED = "small"
+PG_URL = os.environ.get("CIFAR_SEARCH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def run(*args: str, cwd: Path, data_dir: Path | None = None, check: bool = True,
@@ -67,3 +71,38 @@ def reported(tmp_path_factory, data_dir) -> tuple[Path, subprocess.CompletedProc
     run("search", "--study", REPORTED, "--n-trials", "3", *SMALL, cwd=cwd, data_dir=data_dir)
     run("finalize", "--study", REPORTED, cwd=cwd, data_dir=data_dir)
     return cwd, run("report", "--study", REPORTED, cwd=cwd)
+
+
+def _pg_available() -> str | None:
+    try:
+        engine = sqlalchemy.create_engine(PG_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as exc:  # Any failure means: no server to test against here.
+        return f"no PostgreSQL server answers at {PG_URL}: {str(exc).splitlines()[0]}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    """A fresh study database: a SQLite file, or a uniquely named study on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/shared.db"
+        return
+    reason = _pg_available()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
+    if reason:
+        pytest.skip(reason)
+    yield PG_URL
+
+
+@pytest.fixture
+def study_name(storage_url):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=storage_url)
+    except KeyError:
+        pass

@@ -35,7 +35,7 @@ def test_search_runs_three_trials_with_progress_preset_then_baseline_first(searc
         assert t.intermediate_values[1] == history["val_accuracy"][0]
     config = study.user_attrs["config"]
     assert config == {"seed": 0, "max_epochs": 2, "train_size": 1000, "val_size": 500,
-                      "pruner": "median", "layers": "variants"}
+                      "pruner": "median", "layers": "variants", "heartbeat": 10}
     assert len(study.user_attrs["data_fingerprint"]) == 16
 
 
@@ -97,15 +97,22 @@ def test_search_never_reads_the_test_set(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["status", "--study", "nope"], "no study database at studies/nope.db"),
-    (["status", "--study", "x", "--storage", "nosuchdb://x"], "no database driver"),
+    (["status", "--study", "nope"], "/studies/nope.db (run 'cifar-search search' first"),
+    (["status", "--study", "x", "--storage", "nosuchdb://x"], "unsupported storage 'nosuchdb'"),
+    (["status", "--study", "x", "--storage", "postgresql+nosuchdriver://x/db"],
+     "no database driver"),
+    (["search", "--study", "x", "--seed", "-1"], "seed must be an integer from 0"),
+    (["search", "--study", "x", "--storage", "mysql://u:secret@localhost/db"],
+     "unsupported storage 'mysql'"),
     (["status", "--study", "x", "--storage", "not a url"], "not a storage URL"),
     (["status", "--study", "x", "--storage", "postgresql://postgres@127.0.0.1:1/test"],
      "cannot open storage"),
     (["search", "--study", "x", "--data-dir", "/nonexistent"], "CIFAR-10 folder not found"),
 ])
-def test_bad_input_is_one_line(tmp_path, args, message):
-    assert message in one_line_error(run(*args, cwd=tmp_path, check=False))
+def test_bad_input_is_one_line(tmp_path, data_dir, args, message):
+    line = one_line_error(run(*args, cwd=tmp_path, data_dir=data_dir, check=False))
+    assert message in line and "secret" not in line
+    assert not list(tmp_path.iterdir()), "bad input writes nothing"
 
 
 def test_finalize_without_completed_trial_is_refused(tmp_path, data_dir):

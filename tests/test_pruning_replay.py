@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 
-from cifar_search import storage
+from cifar_search import ledger
 from cifar_search.config import StudyConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -21,7 +21,7 @@ STUCK = [0.1] * 10
 
 def unpruned_study(curves: list[list[float]]) -> optuna.Study:
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr(storage.CONFIG_ATTR, StudyConfig(max_epochs=10, pruner="none").to_dict())
+    study.set_user_attr(ledger.CONFIG_ATTR, StudyConfig(max_epochs=10, pruner="none").to_dict())
     for curve in curves:
         trial = study.ask()
         trial.set_user_attr("history", {"val_accuracy": curve, "seconds": [2.0] * len(curve)})

@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cifar_search import storage
+from cifar_search import ledger
 from cifar_search.errors import CifarSearchError
 from cifar_search.presets import DEFAULTS
 from cifar_search.presets import get as get_preset
@@ -37,7 +37,8 @@ def test_study_config_is_frozen_and_checked(tmp_path, data_dir):
     run_search("f", url, given=SMALL, n_trials=1, data_dir=str(data_dir), presets=[],
                log=lambda _: None)
     study = optuna.load_study(study_name="f", storage=url)
-    assert storage.frozen_config(study).to_dict() == {"seed": 0, "layers": "variants", **SMALL}
+    assert ledger.frozen_config(study).to_dict() == {"seed": 0, "layers": "variants",
+                                                    "heartbeat": 10, **SMALL}
     assert set(study.user_attrs["versions"]) >= {"optuna", "keras", "tensorflow"}
     with pytest.raises(CifarSearchError, match=r"train_size=600 \(study has 500\)"):
         run_search("f", url, given={"train_size": 600}, n_trials=2, data_dir=str(data_dir))

@@ -8,19 +8,19 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
-import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
 from cifar_search.checkpoints import CheckpointStore
-from cifar_search.search import FINISHED
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from soak import children  # noqa: E402
+from cifar_search.ledger import FINISHED
 
 CLI = str(Path(sys.executable).with_name("cifar-search"))
-PG_URL = os.environ.get("CIFAR_SEARCH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TINY = ["--train-size", "500", "--val-size", "200", "--threads", "1"]
 
 
@@ -58,39 +58,6 @@ class Worker:
         return self.proc.wait(timeout=seconds)
 
 
-def _pg_available() -> str | None:
-    try:
-        engine = sqlalchemy.create_engine(PG_URL)
-        with engine.connect():
-            pass
-        engine.dispose()
-        return None
-    except Exception as exc:  # Any failure means: no server to test against here.
-        return f"no PostgreSQL server answers at {PG_URL}: {str(exc).splitlines()[0]}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_url(request, tmp_path):
-    """A fresh study database: a SQLite file, or a uniquely named study on PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/shared.db"
-        return
-    reason = _pg_available()
-    if reason:
-        pytest.skip(reason)
-    yield PG_URL
-
-
-@pytest.fixture
-def study_name(storage_url):
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    try:
-        optuna.delete_study(study_name=name, storage=storage_url)
-    except KeyError:
-        pass
-
-
 def _assert_clean_total(study: optuna.Study, total: int) -> None:
     trials = study.get_trials()
     finished = [t for t in trials if t.state in FINISHED]
@@ -114,21 +81,29 @@ def test_three_workers_share_one_total(tmp_path, data_dir, storage_url, study_na
     assert all(re.search(r"trial \d+ starts", w.output()) for w in workers), outputs
 
 
+def _wait_for_checkpoint(url: str, name: str) -> tuple[CheckpointStore, int]:
+    """Wait until trial 0 of study ``name`` holds a checkpoint; the store and its trial id."""
+    store = CheckpointStore(sqlalchemy.create_engine(url))
+    trial_id = optuna.load_study(study_name=name, storage=url).get_trials()[0]._trial_id
+    deadline = time.monotonic() + 60
+    while store.load(trial_id) is None:
+        assert time.monotonic() < deadline, "no checkpoint after a minute"
+        time.sleep(0.05)
+    return store, trial_id
+
+
 def test_killed_worker_trial_resumes_from_its_checkpoint(tmp_path, data_dir):
     url = f"sqlite:///{tmp_path}/kill.db"
     args = ["--study", "kill", "--storage", url, "--n-trials", "2", "--max-epochs", "4",
             "--pruner", "none", "--heartbeat", "2", "--train-size", "2000", "--val-size", "200"]
     first = Worker(args, tmp_path, data_dir, tmp_path / "first.log")
     first.wait_for(r"trial 0 epoch 1/4")
-    store = CheckpointStore(sqlalchemy.create_engine(url))
-    deadline = time.monotonic() + 60
-    while store.count("kill") == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    store, trial_id = _wait_for_checkpoint(url, "kill")
+    study = optuna.load_study(study_name="kill", storage=url)
     first.proc.send_signal(signal.SIGKILL)
     first.finish()
-    study = optuna.load_study(study_name="kill", storage=url)
     assert study.get_trials()[0].state == TrialState.RUNNING  # As the dead worker left it.
-    saved_epoch = store.load("kill", 0).epoch
+    saved_epoch = store.load(trial_id).epoch
     time.sleep(7)  # Past the grace period of three 2-second heartbeats.
 
     second = Worker(args, tmp_path, data_dir, tmp_path / "second.log")
@@ -144,7 +119,7 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(tmp_path, data_dir):
     assert len(retried.user_attrs["history"]["val_accuracy"]) == 4
     assert sorted(retried.intermediate_values) == [1, 2, 3, 4]
     assert len([t for t in trials if t.state in FINISHED]) == 2
-    assert store.count("kill") == 0, "checkpoints are removed when their trial ends"
+    assert not store.owners(study._study_id), "checkpoints are removed when their trial ends"
 
 
 def test_ctrl_c_requeues_the_trial_and_a_rerun_completes_the_study(tmp_path, data_dir):
@@ -158,7 +133,7 @@ def test_ctrl_c_requeues_the_trial_and_a_rerun_completes_the_study(tmp_path, dat
     assert first.finish() == 130
     assert time.monotonic() - sent < 10, "the worker must stop within a few seconds"
     out = first.output()
-    assert "trial 1 interrupted; re-queued" in out and "Traceback" not in out
+    assert "trial 1 interrupted; trial 1 re-queued as trial" in out and "Traceback" not in out
     study = optuna.load_study(study_name="int", storage=url)
     states = [t.state for t in study.get_trials()]
     assert states[:2] == [TrialState.COMPLETE, TrialState.FAIL] and TrialState.WAITING in states
@@ -176,7 +151,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, data_dir):
     worker.wait_for(r"trial 0 epoch 1/3")
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.finish(30) == 130
-    assert "trial 0 interrupted; re-queued" in worker.output()
+    assert "trial 0 interrupted; trial 0 re-queued as trial 2" in worker.output()
     states = [t.state for t in optuna.load_study(study_name="term", storage=url).get_trials()]
     # Trial 0 (the preset) failed; the baseline is still queued, and so is trial 0's retry.
     assert states == [TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
@@ -206,3 +181,76 @@ def test_search_recycles_its_worker_process_every_n_trials(tmp_path, data_dir):
     processes = [t.user_attrs["worker"] for t in study.get_trials()]
     a, b, c = dict.fromkeys(processes)  # In order of first appearance.
     assert processes == [a, a, b, b, c]
+
+
+def _trial_process(worker: Worker, seconds: float = 60) -> int:
+    """The pid of the worker's trial process (forked by its supervisor)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if found := children(worker.proc.pid):
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no trial process under worker {worker.proc.pid}")
+
+
+def test_a_killed_trial_process_is_requeued_by_its_supervisor_at_once(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/oom.db"
+    args = ["--study", "oom", "--storage", url, "--n-trials", "2", "--max-epochs", "3",
+            "--pruner", "none", "--train-size", "2000", "--val-size", "200", "--threads", "1"]
+    worker = Worker(args, tmp_path, data_dir, tmp_path / "w.log")  # Heartbeat: 10 s.
+    worker.wait_for(r"trial 0 epoch 1/3")
+    pid = _trial_process(worker)
+    os.kill(pid, signal.SIGKILL)  # As the out-of-memory killer does.
+    killed = time.monotonic()
+    worker.wait_for(rf"trial process {pid} was killed by SIGKILL .*; trial 0 re-queued as "
+                    rf"trial 2", seconds=60)
+    assert time.monotonic() - killed < 10, "at once, not after three 10 s heartbeats"
+    assert worker.finish() == 0, worker.output()
+    trials = optuna.load_study(study_name="oom", storage=url).get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[2].params == trials[0].params
+    _assert_clean_total(optuna.load_study(study_name="oom", storage=url), 2)
+
+
+def test_a_stopped_worker_finds_its_trial_taken_over_and_goes_on(tmp_path, data_dir):
+    """SIGSTOP past the grace period: another worker fails and retries the trial; the
+    stopped one, continued, must neither crash nor count it twice."""
+    url = f"sqlite:///{tmp_path}/stop.db"
+    args = ["--study", "stop", "--storage", url, "--n-trials", "3", "--max-epochs", "3",
+            "--pruner", "none", "--train-size", "2000", "--val-size", "200", "--threads", "1",
+            "--heartbeat", "1"]
+    first = Worker(args, tmp_path, data_dir, tmp_path / "first.log")
+    first.wait_for(r"trial 0 epoch 1/3")
+    _wait_for_checkpoint(url, "stop")
+    pid = _trial_process(first)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(4.5)  # Past three 1-second heartbeats.
+        second = Worker(args, tmp_path, data_dir, tmp_path / "second.log")
+        second.wait_for(r"trial \d+ resumes trial 0 after epoch 1")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    first.wait_for(r"trial 0 was failed by another worker")
+    assert first.finish() == 0 and second.finish() == 0, first.output() + second.output()
+    assert "Traceback" not in first.output() + second.output()
+    study = optuna.load_study(study_name="stop", storage=url)
+    _assert_clean_total(study, 3)
+    assert study.get_trials()[0].state == TrialState.FAIL
+
+
+def test_two_finalize_at_once_exactly_one_reads_the_test_set(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/fin.db"
+    common = ["--study", "fin", "--storage", url]
+    Worker([*common, "--n-trials", "1", *TINY, "--max-epochs", "1"], tmp_path, data_dir,
+           tmp_path / "search.log").finish()
+    env = {**os.environ, "CIFAR10_DIR": str(data_dir)}
+    finals = [subprocess.Popen([CLI, "finalize", *common, "--threads", "1"], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(2)]
+    done = [(p.wait(timeout=600), *p.communicate()) for p in finals]
+    assert sorted(code for code, _, _ in done) == [0, 2], done
+    (refused,) = [err for code, _, err in done if code == 2]
+    assert refused.startswith("cifar-search: error: study 'fin' was already evaluated")
+    assert refused.count("\n") == 1
+    assert sum("reading the test set" in out for _, out, _ in done) == 1
+    (record,) = optuna.load_study(study_name="fin", storage=url).user_attrs["test_evaluations"]
+    assert record["status"] == "done" and not record["forced"]
