@@ -74,7 +74,7 @@ class Soak:
         self.workers: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         self.faults: collections.Counter[str] = collections.Counter()
-        self.refused: list[int] = []
+        self.refused: list[tuple[subprocess.Popen, Path]] = []
         self.env = {**os.environ, "CIFAR10_DIR": args.data_dir or os.environ.get("CIFAR10_DIR",
                                                                                  "")}
 
@@ -122,8 +122,7 @@ class Soak:
         elif fault == "wrong-heartbeat":
             flags = [f if f != str(HEARTBEAT) else str(HEARTBEAT + 1) for f in TINY]
             proc = self.start(self.command("--n-trials", "100000", *flags))
-            self.refused.append(len(self.logs) - 1)
-            proc.wait(timeout=120)
+            self.refused.append((proc, self.logs[-1]))
         else:
             return False
         self.faults[fault] += 1
@@ -178,7 +177,8 @@ class Soak:
         records = evaluations(ledger.study)
         gave_up = given_up(trials)
         traces = [p.name for p, t in logs.items() if "Traceback" in t]
-        refused_ok = all("frozen configuration" in logs[self.logs[i]] for i in self.refused)
+        refused_ok = all(p.wait(timeout=600) == 2 and "frozen configuration" in log.read_text()
+                         for p, log in self.refused)
         return [
             (f"exactly n = {n} finished trials", len(finished) == n, str(len(finished))),
             ("nothing RUNNING or WAITING left",

@@ -7,6 +7,7 @@ Ctrl-C exits with 130 after the study has been left consistent.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +21,21 @@ from cifar_search.processes import DEFAULT_RECYCLE
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+# Where ``workers`` hands its children the storage URL: a password stays out of ``ps``.
+STORAGE_ENV = "CIFAR_SEARCH_STORAGE"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments, like every error the user can fix: one line, exit 2. No abbreviated
+    options: ``workers`` passes its options on, and must recognise every one it removes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def error(self, message: str) -> Any:
+        print(f"cifar-search: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
 
 
 def _log(message: str) -> None:
@@ -27,9 +43,9 @@ def _log(message: str) -> None:
 
 
 def _storage_url(args: argparse.Namespace) -> str:
-    from cifar_search.storage import default_url
+    from cifar_search.storage import absolute_url, default_url
 
-    return args.storage or default_url(args.study)
+    return absolute_url(args.storage) if args.storage else default_url(args.study)
 
 
 def _open_storage(args: argparse.Namespace):
@@ -121,8 +137,9 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.processes)
     _log(f"starting {args.processes} workers with {threads} thread(s) each")
-    codes = run_workers(without_option(args.argv[1:], ("-k", "--processes")), args.processes,
-                        threads)
+    flags = without_option(args.argv[1:], ("-k", "--processes", "--storage"))
+    env = {**os.environ, STORAGE_ENV: _storage_url(args)}
+    codes = run_workers(flags, args.processes, threads, env)
     if EXIT_INTERRUPTED in codes:  # Ctrl-C: each worker said so and re-queued its trial.
         return EXIT_INTERRUPTED
     failed = [code for code in codes if code]
@@ -187,6 +204,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     stored = _open_storage(args)
     _open_study(args, stored)  # Refuses an unknown study before the server starts.
+    if args.host not in LOOPBACK:
+        print(f"cifar-search: warning: the dashboard has no login, and anyone who can reach "
+              f"{args.host}:{args.port} can change or delete the studies in this storage",
+              file=sys.stderr, flush=True)
     _log(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ "
          f"(study {args.study!r} and the others in its storage); Ctrl-C stops it")
     try:  # Returns on Ctrl-C: the server (bottle) catches it.
@@ -199,10 +220,21 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_name(text: str) -> str:
+    from cifar_search.storage import check_study_name
+
+    try:
+        return check_study_name(text)
+    except CifarSearchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", help="SQLAlchemy URL of the study database "
-                        "(default: sqlite:///studies/<study>.db; PostgreSQL: "
+    parser.add_argument("--study", required=True, type=_study_name,
+                        help="study name: letters, digits, '.', '_', '-'")
+    parser.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                        help="SQLAlchemy URL of the study database (default: "
+                        f"${STORAGE_ENV}, else sqlite:///studies/<study>.db; PostgreSQL: "
                         "postgresql://user@host/db)")
 
 
@@ -225,6 +257,23 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 
 _positive, _non_negative = _at_least(1), _at_least(0)
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
+    return value
 
 
 def _add_search(parser: argparse.ArgumentParser) -> None:
@@ -251,7 +300,7 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-baseline", action="store_true",
                         help="do not enqueue the seed's baseline (RMSprop, lr 1e-4, batch 128) "
                         "as the first trial of a new study")
-    parser.add_argument("--timeout", type=float, help="stop starting trials after this many "
+    parser.add_argument("--timeout", type=_seconds, help="stop starting trials after this many "
                         "seconds")
     parser.add_argument("--preset", action="append", metavar="NAME",
                         help="enqueue a named, measured configuration as a warm-start trial "
@@ -276,11 +325,12 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cifar-search",
         description="Honest, durable Optuna searches for the prescribed CIFAR-10 CNN.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
 
     search = commands.add_parser(
         "search", help="run or join a search (creates the study, or resumes it)",
@@ -339,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(dash)
     dash.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default: 127.0.0.1, this machine only)")
-    dash.add_argument("--port", type=_positive, default=8080,
+    dash.add_argument("--port", type=_port, default=8080,
                       help="port to listen on (default: 8080)")
     dash.set_defaults(func=cmd_dashboard)
     return parser

@@ -43,14 +43,17 @@ class Child(Protocol):
 
 
 def without_option(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:
-    """``argv`` less the option ``names`` and its value (as "NAME VALUE" or "NAME=VALUE")."""
+    """``argv`` less the option ``names`` and its value, however argparse accepts it: "NAME
+    VALUE", "--NAME=VALUE", or "-kVALUE" for a short one (the parser allows no
+    abbreviations)."""
+    attached = tuple(f"{n}=" if n.startswith("--") else n for n in names)
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
         elif arg in names:
             skip = True
-        elif not arg.startswith(tuple(f"{name}=" for name in names)):
+        elif not arg.startswith(attached):
             kept.append(arg)
     return kept
 
@@ -200,11 +203,14 @@ def run_recycled(
             return code
 
 
-def run_workers(flags: Sequence[str], processes: int, threads: int) -> list[int]:
-    """``processes`` search workers with ``threads`` TensorFlow threads each; their exit codes."""
+def run_workers(flags: Sequence[str], processes: int, threads: int,
+                env: dict[str, str] | None = None) -> list[int]:
+    """``processes`` search workers with ``threads`` TensorFlow threads each, in environment
+    ``env``; their exit codes."""
     command = search_command([*without_option(flags, ("--threads",)), "--threads", str(threads)])
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+        return subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent,
+                                env=env)
 
     return run_children([start] * processes)

@@ -16,6 +16,7 @@ The study's records and their rules live in :mod:`cifar_search.ledger`.
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -43,9 +44,31 @@ NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "9p", "a
                        "fuse.cephfs", "beegfs")
 
 
+# A study's name becomes a file and a folder name: letters, digits, '.', '_', '-'.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_study_name(name: str) -> str:
+    """``name``, or CifarSearchError if it is not a safe study name."""
+    if not STUDY_NAME.fullmatch(name):
+        raise CifarSearchError(
+            f"study name {name!r} is not allowed: use 1 to 100 letters, digits, '.', '_' "
+            f"or '-', starting with a letter or digit (it names files and folders)")
+    return name
+
+
 def default_url(study_name: str) -> str:
     """``sqlite:///studies/<study>.db`` as an absolute URL: the default home of a study."""
-    return f"sqlite:///{(STUDIES_DIR / f'{study_name}.db').resolve()}"
+    return f"sqlite:///{(STUDIES_DIR / f'{check_study_name(study_name)}.db').resolve()}"
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute (against the current folder), so it
+    means the same file in every process that gets it."""
+    path = sqlite_path(url)
+    if path is None or path.is_absolute():
+        return url
+    return _parse(url).set(database=str(path.resolve())).render_as_string(hide_password=False)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -14,6 +14,8 @@ import optuna
 import pytest
 import sqlalchemy
 
+# The tests choose their storage themselves, whatever the caller's shell exported.
+os.environ.pop("CIFAR_SEARCH_STORAGE", None)
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COPY = REPO.parent / "shared" / "cifar10" / "cifar-10-batches-py"
 CLI = str(Path(sys.executable).with_name("cifar-search"))
@@ -49,7 +51,9 @@ def load(cwd: Path, name: str) -> optuna.Study:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    path = Path(os.environ.get("CIFAR10_DIR") or SHARED_COPY)
+    # Resolved here: the tests run the CLI in other folders, and a user may have exported a
+    # relative CIFAR10_DIR (the README's first command does).
+    path = Path(os.environ.get("CIFAR10_DIR") or SHARED_COPY).resolve()
     if not (path / "data_batch_1").is_file():
         pytest.fail(f"the real CIFAR-10 folder is needed for the tests: set CIFAR10_DIR "
                     f"(looked at {path})")

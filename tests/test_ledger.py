@@ -284,3 +284,19 @@ def test_checkpoint_rows_of_finished_or_deleted_trials_are_swept(storage_url, st
     ledger.recover()
     assert ledger.checkpoints.owners(ledger.study_id) == {}
     assert gone.checkpoints.owners(gone.study_id) == {}, "a deleted study's rows are swept"
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(storage_url, study_name):
+    from cifar_search.objective import Objective
+
+    ledger = _ledger(storage_url, study_name)
+    trial_id, number = ledger.claim(5, "host:1")
+    ledger.checkpoints.save(trial_id, ledger.study_id, "another configuration", 3, b"model")
+    lines: list[str] = []
+    objective = Objective((None, None), (None, None), StudyConfig(), ledger.checkpoints,
+                          ledger.study_id, lines.append)
+    trial = optuna.Trial(ledger.study, trial_id)
+    assert objective._resume(trial, trial_id, {"optimizer": "adam"}) == (None, 0, None)
+    assert lines == [f"trial {number}: its checkpoint was trained with another "
+                     f"configuration; starting over"]
+    assert ledger.checkpoints.load(trial_id) is None

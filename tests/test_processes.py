@@ -67,7 +67,7 @@ def test_recycled_chain_stops_at_a_failing_child():
 
 
 def test_without_option_drops_both_spellings():
-    argv = ["--study", "s", "--threads", "2", "--threads=1", "-k", "3"]
+    argv = ["--study", "s", "--threads", "2", "--threads=1", "-k", "3", "-k4"]
     assert without_option(argv, ("--threads", "-k")) == ["--study", "s"]
 
 
