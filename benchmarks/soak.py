@@ -110,9 +110,9 @@ class Soak:
         elif fault in ("kill-trial", "stop-trial") and (trials := self.trial_processes()):
             pid = self.rng.choice(trials)
             if fault == "kill-trial":
-                os.kill(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL)  # It may have just finished: then a new one.
             else:
-                os.kill(pid, signal.SIGSTOP)
+                _signal(pid, signal.SIGSTOP)
                 pause = 3 * HEARTBEAT + 3 + self.rng.random() * 3  # Past the grace period.
                 threading.Timer(pause, lambda: _signal(pid, signal.SIGCONT)).start()
         elif fault == "join-together" and len(workers) >= 2:

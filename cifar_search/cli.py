@@ -11,7 +11,6 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from cifar_search.errors import CifarSearchError
@@ -43,9 +42,9 @@ def _log(message: str) -> None:
 
 
 def _storage_url(args: argparse.Namespace) -> str:
-    from cifar_search.storage import absolute_url, default_url
+    from cifar_search.storage import study_url
 
-    return absolute_url(args.storage) if args.storage else default_url(args.study)
+    return study_url(args.study, args.storage)
 
 
 def _open_storage(args: argparse.Namespace):
@@ -58,12 +57,6 @@ def _open_study(args: argparse.Namespace, stored=None):
     from cifar_search import storage
 
     return storage.load_study(args.study, stored or _open_storage(args))
-
-
-def _study_dir(args: argparse.Namespace) -> Path:
-    from cifar_search.storage import STUDIES_DIR
-
-    return STUDIES_DIR / args.study
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -156,23 +149,19 @@ def _print_summary(study) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cifar_search.report import status_table
+    from cifar_search.api import results
 
-    _log(status_table(_open_study(args)))
+    _log(results(args.study, storage=_storage_url(args)).table())
     return 0
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     _import_keras_quietly()
-    from cifar_search.finalize import finalize
-    from cifar_search.ledger import open_ledger
-    from cifar_search.training import configure_threads
+    from cifar_search.api import finalize
 
-    configure_threads(args.threads)
-    ledger = open_ledger(args.study, _storage_url(args))
-    output = Path(args.output_dir) if args.output_dir else _study_dir(args)
-    record = finalize(ledger, data_dir=args.data_dir, output_dir=output, force=args.force,
-                      repeats=args.repeats, log=_log)
+    record = finalize(args.study, storage=_storage_url(args), data_dir=args.data_dir,
+                      force=args.force, repeats=args.repeats, output_dir=args.output_dir,
+                      threads=args.threads, log=_log)
     for run in record.runs:
         _log(f"seed {run['seed']}: test accuracy {run['test_accuracy']:.4f} "
              f"(loss {run['test_loss']:.4f}), trained in {run['train_seconds']:.0f}s, "
@@ -186,14 +175,9 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cifar_search import dashboard, report
+    from cifar_search.api import report
 
-    stored = _open_storage(args)
-    study = _open_study(args, stored)
-    path = report.write_report(study, Path(args.output) if args.output
-                               else _study_dir(args) / "report")
-    dashboard.upload_curves(study, stored, dashboard.artifact_store(args.study))
-    _log(str(path))
+    _log(str(report(args.study, storage=_storage_url(args), output=args.output)))
     return 0
 
 

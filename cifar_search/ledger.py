@@ -265,9 +265,11 @@ class Ledger:
     def config(self) -> StudyConfig | None:
         return frozen_config(self.study)
 
-    def freeze_or_check(self, given: Mapping[str, Any], fingerprint: str) -> StudyConfig:
-        """The study's configuration: frozen now from ``given`` if it has none, else the
-        frozen one after checking that ``given`` and the data ``fingerprint`` agree with it.
+    def freeze_or_check(self, given: Mapping[str, Any], fingerprint: str
+                        ) -> tuple[StudyConfig, bool]:
+        """The study's configuration, and whether this call froze it: frozen now from
+        ``given`` if the study has none, else the frozen one after checking that ``given``
+        and the data ``fingerprint`` agree with it.
 
         ``given`` holds only the settings the user set; the rest take their defaults.
         """
@@ -282,7 +284,7 @@ class Ledger:
                 config = check_given(frozen, given)
                 check_fingerprint(self.study.user_attrs.get(FINGERPRINT_ATTR), fingerprint)
         set_heartbeat(self.storage, config.heartbeat)
-        return config
+        return config, frozen is None
 
     # Queued trials.
 

@@ -121,8 +121,7 @@ def prepare_study(
     """Create or join the study: its ledger, its configuration, and whether this call froze
     it (so this worker is the study's first)."""
     ledger = open_ledger(name, url, create=True)
-    froze = ledger.config() is None
-    config = ledger.freeze_or_check(given, fingerprint)
+    config, froze = ledger.freeze_or_check(given, fingerprint)
     ledger.study.sampler = make_sampler(resumed_seed(sampler_seed, len(ledger.trials())))
     ledger.study.pruner = make_pruner(config)
     return ledger, config, froze
@@ -214,6 +213,10 @@ class Interrupts:
         previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
+        except KeyboardInterrupt:
+            # The worker is leaving: another Ctrl-C must not cut its goodbye short.
+            previous = dict.fromkeys(previous, signal.SIG_IGN)
+            raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

@@ -62,6 +62,13 @@ def default_url(study_name: str) -> str:
     return f"sqlite:///{(STUDIES_DIR / f'{check_study_name(study_name)}.db').resolve()}"
 
 
+def study_url(study_name: str, url: str | None = None) -> str:
+    """Where study ``study_name`` lives: ``url`` (a relative SQLite path made absolute), or
+    its default home under ``studies/``."""
+    check_study_name(study_name)
+    return absolute_url(url) if url else default_url(study_name)
+
+
 def absolute_url(url: str) -> str:
     """``url`` with a relative SQLite path made absolute (against the current folder), so it
     means the same file in every process that gets it."""

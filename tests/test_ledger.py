@@ -151,9 +151,12 @@ def test_a_preset_is_queued_once_by_two_workers_joining_together(
 
 
 def test_the_first_worker_freezes_and_a_joiner_sees_it_at_once(storage_url, study_name):
-    results = _both(lambda: _ledger(storage_url, study_name, heartbeat=2).config(),
-                    lambda: _ledger(storage_url, study_name, heartbeat=3).config())
-    frozen = [r for r in results if isinstance(r, StudyConfig)]
+    results = _both(lambda: open_ledger(study_name, storage_url, create=True).freeze_or_check(
+                        {"heartbeat": 2}, "fingerprint"),
+                    lambda: open_ledger(study_name, storage_url, create=True).freeze_or_check(
+                        {"heartbeat": 3}, "fingerprint"))
+    frozen = [config for config, froze in (r for r in results if isinstance(r, tuple))
+              if froze]
     refused = [r for r in results if isinstance(r, CifarSearchError)]
     assert len(frozen) == 1 and len(refused) == 1, results
     assert "heartbeat=" in str(refused[0]) and "(study has" in str(refused[0])

@@ -130,6 +130,8 @@ def test_ctrl_c_requeues_the_trial_and_a_rerun_completes_the_study(tmp_path, dat
     first.wait_for(r"trial 1 epoch 1/3")
     sent = time.monotonic()
     first.proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    first.proc.send_signal(signal.SIGINT)  # Twice, as an impatient user does.
     assert first.finish() == 130
     assert time.monotonic() - sent < 10, "the worker must stop within a few seconds"
     out = first.output()
