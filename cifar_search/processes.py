@@ -122,15 +122,18 @@ class Forked:
         return code
 
 
-def run_children(starts: Sequence[Callable[[], Child]]) -> list[int]:
+def run_children(starts: Sequence[Callable[[], Child]],
+                 forwarded: list[int] | None = None) -> list[int]:
     """Start a child with each of ``starts``, all at once, and return their exit codes.
 
-    SIGINT and SIGTERM sent to this process are passed on to every child once, and it waits
-    for them to leave their trials re-queued.
+    SIGINT and SIGTERM sent to this process are passed on to every child, noted in
+    ``forwarded``, and it waits for them to leave their trials re-queued.
     """
     children: list[Child] = []
 
     def forward(signum: int, frame: object) -> None:
+        if forwarded is not None:
+            forwarded.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -178,6 +181,7 @@ def run_recycled(
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     first, deaths = True, 0
+    forwarded: list[int] = []
     while True:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
@@ -186,12 +190,12 @@ def run_recycled(
             log(f"starting a fresh trial process (one every {every} trials, so memory that "
                 "TensorFlow keeps after each trial is returned)")
         child = Forked(lambda: trials(remaining, first))
-        (code,) = run_children([lambda: child])
+        (code,) = run_children([lambda: child], forwarded)
         first = False
         if code < 0 or code == 1:
             died(child.pid, how_it_died(code))
-        if -code in _FORWARDED:  # Ctrl-C or SIGTERM reached the child before its handlers.
-            return 130
+        if forwarded or -code in _FORWARDED:  # Ctrl-C or SIGTERM: stop, whatever the child
+            return 130                         # made of it.
         if code < 0:
             deaths += 1
             if deaths >= MAX_DEATHS_IN_A_ROW:

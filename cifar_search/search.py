@@ -193,16 +193,28 @@ def run_search(
 class Interrupts:
     """Ctrl-C and SIGTERM as KeyboardInterrupt, except inside :meth:`held` sections, which
     finish first (a claim, a tell, the clean-up after an interrupt): a signal arriving there
-    is raised when the section ends, and a second one while it is pending changes nothing."""
+    is raised when the section ends, and a second one while it is pending changes nothing.
+
+    A signal is also remembered (:attr:`received`): Python drops a KeyboardInterrupt raised
+    while it runs a finalizer (a weakref callback during garbage collection), and TensorFlow
+    may turn one raised while it traces into another error; the worker loop checks the flag.
+    """
 
     def __init__(self) -> None:
         self._holding = 0
         self._pending = False
+        self.received = False
 
     def _handler(self, signum: int, frame: Any) -> None:
+        self.received = True
         if self._holding:
             self._pending = True
         else:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a signal came, even if its exception was lost."""
+        if self.received:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
@@ -268,6 +280,7 @@ def optimize(ledger: Ledger, objective: "Objective", *, n_trials: int,
     ran = 0
     with interrupts.installed():
         while max_trials is None or ran < max_trials:
+            interrupts.check()
             if deadline is not None and time.monotonic() >= deadline:
                 return
             claimed = None
@@ -279,11 +292,17 @@ def optimize(ledger: Ledger, objective: "Objective", *, n_trials: int,
                 ran += 1
                 _train(ledger, objective, *claimed, interrupts=interrupts, log=log)
             except BaseException as exc:
+                # An error while a signal was coming is the signal's doing: a retry, not a
+                # failure.
+                cause = KeyboardInterrupt() if interrupts.received else exc
                 if claimed is not None:
                     with interrupts.held():
-                        _abandon(ledger, claimed[1], exc, log)
+                        _abandon(ledger, claimed[1], cause, log)
+                if isinstance(cause, KeyboardInterrupt) and cause is not exc:
+                    raise cause from exc
                 raise
             gc.collect()
+        interrupts.check()
 
 
 def _train(ledger: Ledger, objective: "Objective", trial_id: int, number: int, *,

@@ -303,3 +303,16 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(storage_url, study
     assert lines == [f"trial {number}: its checkpoint was trained with another "
                      f"configuration; starting over"]
     assert ledger.checkpoints.load(trial_id) is None
+
+
+def test_an_interrupt_whose_exception_python_dropped_is_still_acted_on():
+    """Python drops a KeyboardInterrupt raised in a finalizer ("Exception ignored in ..."):
+    seen in the soak, where such a worker went on training after Ctrl-C."""
+    interrupts = Interrupts()
+    with interrupts.installed():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # As if lost in a weakref callback.
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
