@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -223,6 +224,8 @@ class Interrupts:
             yield  # Signals reach the main thread only: leave them alone.
             return
         previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         try:
             yield
         except KeyboardInterrupt:
@@ -230,8 +233,16 @@ class Interrupts:
             previous = dict.fromkeys(previous, signal.SIG_IGN)
             raise
         finally:
+            sys.unraisablehook = unraisable
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    @staticmethod
+    def _unraisable(report: Any) -> None:
+        """A KeyboardInterrupt Python dropped is not news (:attr:`received` has it); the rest
+        goes to Python's own hook."""
+        if not isinstance(report.exc_value, KeyboardInterrupt):
+            sys.__unraisablehook__(report)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
