@@ -17,7 +17,7 @@ from typing import Any
 from cifar_search.errors import CifarSearchError
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
 from cifar_search.presets import PRESETS
-from cifar_search.processes import DEFAULT_RECYCLE
+from cifar_search.processes import DEFAULT_RECYCLE, drop_interrupt_reports
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -401,6 +401,7 @@ def _import_keras_quietly() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ctrl-C: KeyboardInterrupt.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.unraisablehook = drop_interrupt_reports
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv

@@ -24,7 +24,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 # A fresh trial process every this many trials: measured in docs/PERFORMANCE.md, section 7.
 DEFAULT_RECYCLE = 1
@@ -40,6 +40,13 @@ class Child(Protocol):
     def send_signal(self, signum: int) -> None: ...
 
     def wait(self) -> int: ...
+
+
+def drop_interrupt_reports(report: Any) -> None:
+    """``sys.unraisablehook`` for a worker: a KeyboardInterrupt that Python dropped in a
+    finalizer is not printed (the worker acts on the signal itself); the rest is."""
+    if not isinstance(report.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(report)
 
 
 def without_option(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:

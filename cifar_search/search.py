@@ -28,6 +28,7 @@ from cifar_search.errors import CifarSearchError
 from cifar_search.ledger import Ledger, Retry, counted, open_ledger, original_number, worker_id
 from cifar_search.report import summary_line
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
+from cifar_search.processes import drop_interrupt_reports
 from cifar_search.presets import get as get_preset
 from cifar_search.space import BASELINE_PARAMS, params_of
 
@@ -225,7 +226,7 @@ class Interrupts:
             return
         previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
         unraisable = sys.unraisablehook
-        sys.unraisablehook = self._unraisable
+        sys.unraisablehook = drop_interrupt_reports
         try:
             yield
         except KeyboardInterrupt:
@@ -237,12 +238,6 @@ class Interrupts:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    @staticmethod
-    def _unraisable(report: Any) -> None:
-        """A KeyboardInterrupt Python dropped is not news (:attr:`received` has it); the rest
-        goes to Python's own hook."""
-        if not isinstance(report.exc_value, KeyboardInterrupt):
-            sys.__unraisablehook__(report)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
