@@ -111,8 +111,11 @@ class Forked:
 
     def _reap(self, flags: int) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, flags)
-            if pid:
+            try:
+                pid, status = os.waitpid(self.pid, flags)
+            except ChildProcessError:  # Reaped meanwhile by a signal handler's poll().
+                return self.returncode
+            if pid and self.returncode is None:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 

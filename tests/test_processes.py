@@ -79,3 +79,25 @@ def test_importing_the_objective_does_not_start_tensorflow():
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_child_reaped_by_a_signal_handler_while_waiting_is_no_error():
+    """The soak found it: SIGTERM reached a supervisor blocked in wait(); forwarding it, the
+    handler's poll() reaped the child that had just exited, and the resumed wait() raised
+    ChildProcessError."""
+    def child() -> int:
+        time.sleep(0.3)
+        return 5
+
+    forked = Forked(child)
+
+    def handler(signum: int, frame: object) -> None:
+        time.sleep(0.6)  # The child exits meanwhile.
+        assert forked.poll() == 5
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        assert forked.wait() == 5
+    finally:
+        signal.signal(signal.SIGALRM, previous)
