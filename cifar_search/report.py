@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from cifar_search.config import TrainConfig
 from cifar_search.data import TEST_NOTE
-from cifar_search.ledger import DONE, MAX_RETRIES, evaluations, given_up
+from cifar_search.ledger import DONE, Retry, evaluations, given_up
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -58,8 +58,7 @@ def status_table(study: optuna.Study) -> str:
                  else "(no trials yet)")
     lines += ["", summary_line(study)]
     for number in given_up(trials):
-        lines.append(f"trial {number} given up: it failed {MAX_RETRIES + 1} times (the "
-                     f"original and {MAX_RETRIES} retries); it does not count")
+        lines.append(f"{Retry(number, None).describe()}; it does not count")
     for record in evaluations(study):
         forced = " (forced)" if record.forced else ""
         if record.status != DONE:

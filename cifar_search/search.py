@@ -25,7 +25,8 @@ from optuna.trial import TrialState
 from cifar_search import data
 from cifar_search.config import StudyConfig
 from cifar_search.errors import CifarSearchError
-from cifar_search.ledger import Ledger, Retry, counted, open_ledger, original_number, worker_id
+from cifar_search.ledger import (FINISHED, Ledger, Retry, counted, open_ledger, original_number,
+                                 worker_id)
 from cifar_search.report import summary_line
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
 from cifar_search.processes import drop_interrupt_reports
@@ -177,8 +178,7 @@ def run_search(
 
     train_idx, val_idx = split(labels, config)
     if header:
-        finished = sum(t.state.is_finished() and t.state != TrialState.FAIL
-                       for t in ledger.trials())
+        finished = sum(t.state in FINISHED for t in ledger.trials())
         log(f"study {name!r}: {finished}/{n_trials} trials finished; training on "
             f"{len(train_idx)} images, validating on {len(val_idx)} (split seed "
             f"{config.seed}), up to {config.max_epochs} epochs per trial")
