@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cifar_search.errors import CifarSearchError
+from cifar_search.errors import EXIT_LOCKED, CifarSearchError, StudyLockedError
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
 from cifar_search.presets import PRESETS
 from cifar_search.processes import DEFAULT_RECYCLE, drop_interrupt_reports
@@ -413,9 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _guarded(command: Callable[[], int]) -> int:
-    """Run ``command``; a problem the user can fix is one line and exit 2, Ctrl-C exit 130."""
+    """Run ``command``; a problem the user can fix is one line and exit 2, a study locked by
+    another process one line and exit 75 (a supervisor tries again), Ctrl-C exit 130."""
     try:
         return command()
+    except StudyLockedError as exc:
+        print(f"cifar-search: error: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except CifarSearchError as exc:
         print(f"cifar-search: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

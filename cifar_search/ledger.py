@@ -31,6 +31,7 @@ import json
 import os
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +41,10 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
+from cifar_search import storage
 from cifar_search.checkpoints import CheckpointStore
 from cifar_search.config import StudyConfig
-from cifar_search.errors import CifarSearchError
+from cifar_search.errors import CifarSearchError, StudyLockedError
 from cifar_search.storage import despite_schema_race, set_heartbeat, sqlite_path
 
 # Study attributes.
@@ -227,7 +229,7 @@ class StudyLock:
         if self._file is not None:
             fd = os.open(self._file, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._flock(fd)
                 yield
             finally:
                 os.close(fd)  # Releases the lock.
@@ -235,6 +237,24 @@ class StudyLock:
         with self._engine.begin() as conn:  # Released when this transaction ends.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._key})
             yield
+
+    def _flock(self, fd: int) -> None:
+        """Wait for the lock file as long as SQLite waits for its own lock, then give up in
+        one line: a process stopped while holding it (Ctrl-Z, SIGSTOP) would block us for
+        ever."""
+        deadline = time.monotonic() + storage.SQLITE_TIMEOUT_SECONDS
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StudyLockedError("the study's lock file",
+                                           storage.SQLITE_TIMEOUT_SECONDS,
+                                           str(self._file)) from None
+                time.sleep(pause)
+                pause = min(2 * pause, 0.02)
 
 
 class Ledger:

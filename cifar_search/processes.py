@@ -26,6 +26,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from cifar_search.errors import EXIT_LOCKED
+
 # A fresh trial process every this many trials: measured in docs/PERFORMANCE.md, section 7.
 DEFAULT_RECYCLE = 1
 _PR_SET_PDEATHSIG = 1
@@ -158,7 +160,7 @@ def run_children(starts: Sequence[Callable[[], Child]],
             signal.signal(signum, handler)
 
 
-# A supervisor gives up after this many trial processes in a row died of a signal.
+# A supervisor gives up after this many trial processes in a row were killed or locked out.
 MAX_DEATHS_IN_A_ROW = 3
 
 
@@ -168,6 +170,8 @@ def how_it_died(code: int) -> str:
         name = signal.Signals(-code).name
         hint = " (the out-of-memory killer sends it)" if -code == signal.SIGKILL else ""
         return f"was killed by {name}{hint}"
+    if code == EXIT_LOCKED:
+        return "gave up waiting for the study's lock"
     return f"exited with code {code}"
 
 
@@ -182,9 +186,11 @@ def run_recycled(
     """Run ``trials(timeout, first)`` in forked children, one after another, until done.
 
     Each child runs at most ``every`` trials (``trials`` limits itself); ``first`` is true in
-    the first child only. A child killed by a signal (the out-of-memory killer, an operator)
-    is reported to ``died(pid, how)``, which fails and re-queues its trial at once, and the
-    next child goes on; after :data:`MAX_DEATHS_IN_A_ROW` such deaths the supervisor stops.
+    the first child only. A child killed by a signal (the out-of-memory killer, an operator),
+    or one that gave up waiting for a study locked by another process (exit
+    :data:`~cifar_search.errors.EXIT_LOCKED`), is reported to ``died(pid, how)``, which fails
+    and re-queues its trial, and the next child goes on; after :data:`MAX_DEATHS_IN_A_ROW`
+    such deaths the supervisor stops.
     Stops when a child fails or is interrupted (its exit code is returned: it has said
     why; one that crashed is reported to ``died`` too), when ``done()`` says the study's
     total is claimed, or when ``timeout`` seconds have passed.
@@ -202,14 +208,15 @@ def run_recycled(
         child = Forked(lambda: trials(remaining, first))
         (code,) = run_children([lambda: child], forwarded)
         first = False
-        if code < 0 or code == 1:
+        if code < 0 or code in (1, EXIT_LOCKED):
             died(child.pid, how_it_died(code))
         if forwarded or -code in _FORWARDED:  # Ctrl-C or SIGTERM: stop, whatever the child
             return 130                         # made of it.
-        if code < 0:
+        if code < 0 or code == EXIT_LOCKED:
             deaths += 1
             if deaths >= MAX_DEATHS_IN_A_ROW:
-                log(f"{deaths} trial processes in a row were killed; this worker stops")
+                log(f"{deaths} trial processes in a row were killed or locked out; this "
+                    f"worker stops")
                 return 1
             continue
         deaths = 0

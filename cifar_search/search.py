@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from cifar_search import data
 from cifar_search.config import StudyConfig
-from cifar_search.errors import CifarSearchError
+from cifar_search.errors import CifarSearchError, StudyLockedError
 from cifar_search.ledger import (FINISHED, Ledger, Retry, counted, open_ledger, original_number,
                                  worker_id)
 from cifar_search.report import summary_line
@@ -365,9 +365,10 @@ def _taken_over(ledger: Ledger, number: int, log: Callable[[str], None]) -> None
 
 def _abandon(ledger: Ledger, number: int, exc: BaseException,
              log: Callable[[str], None]) -> None:
-    """Leave no RUNNING trial behind: fail ``number`` and re-queue it after an interrupt,
-    or record the error that stopped it."""
-    if isinstance(exc, KeyboardInterrupt):
+    """Leave no RUNNING trial behind: fail ``number`` and re-queue it after an interrupt or
+    a study locked by another process (neither is the trial's doing), or record the error
+    that stopped it."""
+    if isinstance(exc, (KeyboardInterrupt, StudyLockedError)):
         if ledger.fail(number):
             for outcome in ledger.requeue({number}):
                 log(f"trial {number} interrupted; {outcome.describe()}")

@@ -29,7 +29,7 @@ import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from cifar_search.errors import CifarSearchError
+from cifar_search.errors import CifarSearchError, StudyLockedError
 
 T = TypeVar("T")
 STUDIES_DIR = Path("studies")
@@ -145,17 +145,27 @@ def _engine_kwargs(url: str, *, create: bool) -> dict[str, Any]:
                                f"first, or give --storage)")
     check_local(path.parent if not path.exists() else path)
     # Several local workers share one file: wait for the write lock instead of failing.
-    # isolation_level=None: pysqlite leaves transactions to us (see _begin_immediate).
+    # isolation_level=None: pysqlite leaves transactions to us (see _for_workers).
     return {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS, "isolation_level": None}}
 
 
-def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
-    """Make every SQLite transaction take the write lock when it begins (SQLAlchemy's recipe
-    for pysqlite), so that what a transaction reads cannot change before it writes."""
-    if engine.dialect.name == "sqlite":
-        @event.listens_for(engine, "begin")
-        def begin(conn: sqlalchemy.engine.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _for_workers(engine: sqlalchemy.engine.Engine, url: str) -> None:
+    """Make SQLite safe for several workers: every transaction takes the write lock when it
+    begins (SQLAlchemy's recipe for pysqlite), so that what it reads cannot change before it
+    writes; a lock held past the busy timeout is reported as :class:`StudyLockedError`,
+    naming the file, wherever Optuna or the ledger met it."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+
+    @event.listens_for(engine, "begin")
+    def begin(conn: sqlalchemy.engine.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "handle_error")
+    def locked(context: sqlalchemy.engine.ExceptionContext) -> None:
+        if "database is locked" in str(context.original_exception):
+            raise StudyLockedError("the study's database", SQLITE_TIMEOUT_SECONDS, str(path))
 
 
 def _storage_error(url: str, exc: Exception) -> CifarSearchError:
@@ -186,7 +196,7 @@ def open_engine(url: str, *, create: bool = False) -> sqlalchemy.engine.Engine:
         with engine.connect() as conn:
             if engine.dialect.name == "sqlite":  # Outside a transaction: autocommit mode.
                 conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL")
-        _begin_immediate(engine)
+        _for_workers(engine, url)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         raise _storage_error(url, exc) from exc
     return engine
@@ -213,7 +223,7 @@ def open_storage(url: str, *, create: bool = False,
                 heartbeat_interval=heartbeat,
                 grace_period=3 * heartbeat,
             )
-        _begin_immediate(stored.engine)
+        _for_workers(stored.engine, url)
         return stored
 
     try:

@@ -8,8 +8,11 @@ out): that interleaving is what two real processes hit now and then, made certai
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -18,10 +21,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from cifar_search import cli, storage
 from cifar_search import ledger as ledger_module
-from cifar_search import storage
 from cifar_search.config import StudyConfig
-from cifar_search.errors import CifarSearchError
+from cifar_search.errors import EXIT_LOCKED, CifarSearchError, StudyLockedError
 from cifar_search.ledger import (DONE, MAX_RETRIES, WORKER_ATTR, Ledger, counted, given_up,
                                  open_ledger)
 from cifar_search.search import Interrupts
@@ -254,6 +257,50 @@ def test_sqlite_on_a_network_filesystem_is_refused(tmp_path):
     with pytest.raises(CifarSearchError, match="network filesystem.*PostgreSQL"):
         storage.check_local(tmp_path / "studies" / "x.db", mounts)
     storage.check_local(tmp_path / "x.db", "/dev/vda / ext4 rw 0 0\n")  # Local: fine.
+
+
+@pytest.fixture
+def short_lock_wait(monkeypatch):
+    """Workers give up on a locked study after 1 s instead of 60."""
+    monkeypatch.setattr(storage, "SQLITE_TIMEOUT_SECONDS", 1)
+
+
+def test_a_sqlite_study_locked_by_a_stopped_process_is_one_line_naming_the_file(
+        tmp_path, short_lock_wait, capsys):
+    """A process frozen inside a transaction (Ctrl-Z, SIGSTOP) keeps SQLite's write lock:
+    others give up after the busy timeout with one line, not a traceback, and exit 75."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    _ledger(url, "x").study.enqueue_trial(PARAMS)
+    frozen = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    frozen.execute("BEGIN IMMEDIATE")  # What the stopped process holds.
+    try:
+        start = time.monotonic()
+        with pytest.raises(StudyLockedError, match=f"'fuser {tmp_path}/x.db'"):
+            _ledger(url, "x").trials()
+        assert time.monotonic() - start < 10
+        assert cli.main(["status", "--study", "x", "--storage", url]) == EXIT_LOCKED
+    finally:
+        frozen.rollback()
+        frozen.close()
+    err = capsys.readouterr().err
+    assert err.startswith("cifar-search: error: the study's database stayed locked by another "
+                          "process for 1 s") and err.count("\n") == 1, err
+    assert counted(_ledger(url, "x").trials()) == 0  # Free again, nothing lost.
+
+
+def test_the_study_lock_file_held_by_a_stopped_process_is_given_up_on(
+        tmp_path, short_lock_wait):
+    """The ledger's own lock beside a SQLite file does not wait for ever either."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    ledger = _ledger(url, "x")
+    held = os.open(tmp_path / "x.db.lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # Another open file: conflicts as another process would.
+    try:
+        with pytest.raises(StudyLockedError, match="lock file .*x.db.lock"):
+            ledger.claim(1, "w")
+    finally:
+        os.close(held)
+    assert ledger.claim(1, "w") is not None
 
 
 def test_unsupported_backends_and_passwords_in_messages(tmp_path):

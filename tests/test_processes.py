@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+from cifar_search.errors import EXIT_LOCKED
 from cifar_search.processes import Forked, run_children, run_recycled, without_option
 
 
@@ -64,6 +65,25 @@ def test_recycled_children_run_until_done_and_only_the_first_is_first(tmp_path):
 
 def test_recycled_chain_stops_at_a_failing_child():
     assert run_recycled(lambda timeout, first: 2, 5, lambda: False, log=print) == 2
+
+
+def test_a_child_locked_out_of_the_study_is_released_and_another_tries(tmp_path):
+    """Exit 75 (it gave up waiting for a study locked by another process, and said so):
+    its trial is released and a fresh child tries again, up to the limit in a row."""
+    runs = tmp_path / "runs"
+    runs.touch()
+    codes = [EXIT_LOCKED, 0, EXIT_LOCKED, EXIT_LOCKED, EXIT_LOCKED, 0]
+
+    def trials(timeout: float | None, first: bool) -> int:
+        done = len(runs.read_text())
+        runs.write_text("x" * (done + 1))
+        return codes[done]
+
+    died = []
+    assert run_recycled(trials, 1, lambda: False, log=print,
+                        died=lambda pid, how: died.append(how)) == 1
+    assert len(runs.read_text()) == 5  # Stopped after three lock-outs in a row, not two.
+    assert died == ["gave up waiting for the study's lock"] * 4
 
 
 def test_without_option_drops_both_spellings():
