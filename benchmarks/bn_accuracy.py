@@ -19,11 +19,12 @@ import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
+import keras
 
-from cifar_search import data, presets, training  # noqa: E402
-from cifar_search.layers import FusedBatchNormalization  # noqa: E402
-from cifar_search.model import build_cnn  # noqa: E402
+from cifar_search import data, presets, training
+from cifar_search.layers import FusedBatchNormalization
+from cifar_search.model import build_cnn
+
 
 def run(config, layer, train_data, val_data) -> dict[str, list[float]]:
     """The per-epoch history (curves and seconds) of one training run with ``layer``."""

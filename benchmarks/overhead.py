@@ -4,12 +4,15 @@ A trial's wall time minus the sum of its epoch times (each epoch time includes v
 is what the worker spent on sampling, building and compiling the model, storage writes and
 checkpoints. Also prints the time between one trial's end and the next one's start, apart
 where the worker process changed (a new trial process starting its TensorFlow runtime),
-and the epochs the study trained against its budget (what pruning saved). Usage: python benchmarks/overhead.py --study NAME [--storage URL]
+and the epochs the study trained against its budget (what pruning saved).
+
+Usage: python benchmarks/overhead.py --study NAME [--storage URL]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 
 import optuna
@@ -35,7 +38,7 @@ def gaps(study: optuna.Study) -> tuple[list[float], list[float]]:
     trials = sorted((t for t in study.get_trials(deepcopy=False) if t.datetime_complete),
                     key=lambda t: t.datetime_start)
     same, changed = [], []
-    for before, after in zip(trials, trials[1:]):
+    for before, after in itertools.pairwise(trials):
         gap = (after.datetime_start - before.datetime_complete).total_seconds()
         if gap >= 0:  # Overlapping trials ran on different workers at once.
             new = before.user_attrs.get("worker") != after.user_attrs.get("worker")
@@ -48,7 +51,8 @@ def main() -> None:
     parser.add_argument("--study", required=True)
     parser.add_argument("--storage")
     args = parser.parse_args()
-    study = optuna.load_study(study_name=args.study, storage=args.storage or default_url(args.study))
+    study = optuna.load_study(study_name=args.study,
+                              storage=args.storage or default_url(args.study))
     rows = overheads(study)
     print("| trial | state | epochs | seconds in epochs | seconds outside epochs |")
     print("| ---: | --- | ---: | ---: | ---: |")

@@ -12,7 +12,8 @@ have stopped it. Same trials for every pruner, so the table shows the pruners' e
 what a live run adds is the sampler's reaction to pruned trials, which replay cannot show.
 
 Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
-       python benchmarks/pruning.py --replay pruning-none --storage sqlite:///logs/pruning/pruning-none.db \
+       python benchmarks/pruning.py --replay pruning-none \
+           --storage sqlite:///logs/pruning/pruning-none.db \
            [--best-last | --orders 200 [--keep-first 2]] [--median-warmup 5 ...]
            [--hyperband-min 3 ...]
 """

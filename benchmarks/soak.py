@@ -37,7 +37,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from cifar_search.ledger import (FINISHED, evaluations, given_up, open_ledger, original_number)
+from cifar_search.ledger import FINISHED, evaluations, given_up, open_ledger, original_number
 
 CLI = str(Path(sys.executable).with_name("cifar-search"))
 HEARTBEAT = 2

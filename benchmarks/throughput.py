@@ -21,14 +21,15 @@ import os
 import re
 import statistics
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
+import keras
 
-from cifar_search import data, training  # noqa: E402
-from cifar_search.config import TrainConfig  # noqa: E402
-from cifar_search.model import build_cnn  # noqa: E402
+from cifar_search import data, training
+from cifar_search.config import TrainConfig
+from cifar_search.model import build_cnn
 
 SHIFT = 0.1
 
@@ -48,7 +49,7 @@ def train_flops_per_image(model: keras.Model) -> float:
 
 def cpu_peak_gflops() -> tuple[float, str]:
     """fp32 peak of this machine's cores: cores x GHz x lanes x 2 (FMA) x 2 FMA units."""
-    info = open("/proc/cpuinfo").read()
+    info = Path("/proc/cpuinfo").read_text()
     ghz = float(re.search(r"cpu MHz\s*:\s*([\d.]+)", info).group(1)) / 1000
     flags = re.search(r"flags\s*:(.*)", info).group(1).split()
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4

@@ -78,7 +78,8 @@ class TrainConfig:
         if self.dropout_conv or self.dropout_dense:
             parts.append(f"drop={self.dropout_conv:.2f}/{self.dropout_dense:.2f}")
         if self.augment:
-            extras = (",flip" if self.flip else "") + (f",cutout={self.cutout}" if self.cutout else "")
+            extras = ((",flip" if self.flip else "")
+                      + (f",cutout={self.cutout}" if self.cutout else ""))
             parts.append(f"aug(shift={self.shift:.2f}{extras})")
         return " ".join(parts)
 
@@ -86,13 +87,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         _check(not unknown, f"unknown training settings: {sorted(unknown)}")
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -126,6 +127,6 @@ class StudyConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "StudyConfig":
+    def from_dict(cls, values: dict[str, Any]) -> StudyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})

@@ -51,7 +51,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return the ``cifar-10-batches-py`` folder: the argument, else ``$CIFAR10_DIR``, else download.
+    """The ``cifar-10-batches-py`` folder: the argument, else ``$CIFAR10_DIR``, else download.
 
     The folder itself or its parent may be given. Only when neither the argument nor the
     environment variable is set is the dataset downloaded, the way ``keras.datasets`` does it.

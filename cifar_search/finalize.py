@@ -20,8 +20,14 @@ from cifar_search import data
 from cifar_search.config import TrainConfig
 from cifar_search.data import TEST_NOTE
 from cifar_search.errors import CifarSearchError
-from cifar_search.ledger import (DONE, FINGERPRINT_ATTR, Ledger, TestEvaluation,
-                                 check_fingerprint, now)
+from cifar_search.ledger import (
+    DONE,
+    FINGERPRINT_ATTR,
+    Ledger,
+    TestEvaluation,
+    check_fingerprint,
+    now,
+)
 from cifar_search.search import split
 
 
@@ -93,13 +99,13 @@ def finalize(
     record = ledger.reserve_evaluation(trial.number, force=force)
     log(f"test evaluation #{record.number} reserved; reading the test set")
     test_images, test_labels = data.load_test(data_dir)
-    runs = []
+    runs, accuracies, losses = [], [], []
     for seed, model, path, history, seconds in trained:
         result = training.evaluate(model, (test_images, test_labels))
-        runs.append({"seed": seed, "test_accuracy": result["accuracy"],
-                     "test_loss": result["loss"], "train_seconds": seconds,
-                     "history": history, "model_path": str(path)})
-    accuracies = [run["test_accuracy"] for run in runs]
+        accuracies.append(float(result["accuracy"]))
+        losses.append(float(result["loss"]))
+        runs.append({"seed": seed, "test_accuracy": accuracies[-1], "test_loss": losses[-1],
+                     "train_seconds": seconds, "history": history, "model_path": str(path)})
     record = record.replace(
         status=DONE,
         val_accuracy=trial.value,
@@ -108,7 +114,7 @@ def finalize(
         repeats=repeats,
         test_accuracy=float(np.mean(accuracies)),
         test_accuracy_std=float(np.std(accuracies)),
-        test_loss=float(np.mean([run["test_loss"] for run in runs])),
+        test_loss=float(np.mean(losses)),
         train_seconds=runs[0]["train_seconds"],
         history=runs[0]["history"],
         model_path=runs[0]["model_path"],

@@ -5,9 +5,10 @@ Keras 3's ``keras.layers.BatchNormalization`` computes its batch statistics with
 element-wise ops whose backward pass walks the activations many times. Keras 2 used
 TensorFlow's fused batch-norm kernel instead; Keras 3 does not (upstream
 keras-team/keras-core#225), and on this CPU a batch-norm epoch of the CNN cost about 2x the
-CPU time of an epoch without it (docs/PERFORMANCE.md, section 8). :class:`FusedBatchNormalization` is a drop-in subclass that runs
-``FusedBatchNormV3`` (and its fused gradient; with oneDNN, TensorFlow's graph passes turn it
-into oneDNN's batch norm fused with the following ReLU) for 4-D channels-last inputs.
+CPU time of an epoch without it (docs/PERFORMANCE.md, section 8).
+:class:`FusedBatchNormalization` is a drop-in subclass that runs ``FusedBatchNormV3`` (and
+its fused gradient; with oneDNN, TensorFlow's graph passes turn it into oneDNN's batch norm
+fused with the following ReLU) for 4-D channels-last inputs.
 Anything else goes to Keras' own code: 2-D (Dense) outputs, where Keras' few small ops
 measured faster than the kernel on an ``[N, 1, 1, C]`` view, and masks, renorm, synchronized
 statistics, other axes and ranks.

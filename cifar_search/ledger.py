@@ -155,12 +155,12 @@ class TestEvaluation:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TestEvaluation":
+    def from_dict(cls, values: Mapping[str, Any]) -> TestEvaluation:
         known = {f.name for f in dataclasses.fields(cls)}
         # Records written before looks were reserved are completed ones.
         return cls(**{"status": DONE, **{k: v for k, v in values.items() if k in known}})
 
-    def replace(self, **changes: Any) -> "TestEvaluation":
+    def replace(self, **changes: Any) -> TestEvaluation:
         return dataclasses.replace(self, **changes)
 
 

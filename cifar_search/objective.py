@@ -115,8 +115,7 @@ class Objective:
     ) -> tuple[keras.Model | None, int, dict[str, list[float]] | None]:
         """The checkpointed model, its epoch and its curves, if this trial holds a checkpoint
         trained with its configuration."""
-        saved = None if self.checkpoints is None else self.checkpoints.load(trial_id)
-        if saved is None:
+        if self.checkpoints is None or (saved := self.checkpoints.load(trial_id)) is None:
             return None, 0, None
         if saved.config_hash != config_hash(config):
             self.log(f"trial {trial.number}: its checkpoint was trained with another "

@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 from cifar_search.config import TrainConfig
 from cifar_search.data import TEST_NOTE
 from cifar_search.errors import CifarSearchError
-from cifar_search.report import plural
+from cifar_search.report import accuracy, plural
 
 TARGET_NAME = "validation accuracy"
 TRAIN, VALIDATION, TEST = "#1f77b4", "#ff7f0e", "#d62728"
@@ -41,7 +41,7 @@ class View:
 def best_trials(study: optuna.Study, count: int) -> list[FrozenTrial]:
     """The ``count`` completed trials with the highest validation accuracy, best first."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(complete, key=lambda t: t.value, reverse=True)[:count]
+    return sorted(complete, key=accuracy, reverse=True)[:count]
 
 
 def _curves_figure(title: str, subtitle: str = "") -> go.Figure:
@@ -126,7 +126,7 @@ def optuna_views(study: optuna.Study) -> list[View]:
     trials = study.get_trials(deepcopy=False)
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
     reported = sum(bool(t.intermediate_values) for t in trials)
-    target = {"target_name": TARGET_NAME}
+    target: dict[str, Any] = {"target_name": TARGET_NAME}
     return [
         _view("Optimization history", lambda: ov.plot_optimization_history(study, **target),
               complete, 1, "completed trial(s)"),

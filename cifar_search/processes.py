@@ -181,7 +181,7 @@ def run_recycled(
     done: Callable[[], bool],
     timeout: float | None = None,
     log: Callable[[str], None] = print,
-    died: Callable[[int, str], None] = lambda pid, how: None,
+    died: Callable[[int, str], object] = lambda pid, how: None,
 ) -> int:
     """Run ``trials(timeout, first)`` in forked children, one after another, until done.
 
@@ -205,8 +205,8 @@ def run_recycled(
         if not first and every > 1:
             log(f"starting a fresh trial process (one every {every} trials, so memory that "
                 "TensorFlow keeps after each trial is returned)")
-        child = Forked(lambda: trials(remaining, first))
-        (code,) = run_children([lambda: child], forwarded)
+        child = Forked(lambda: trials(remaining, first))  # noqa: B023 (called at once)
+        (code,) = run_children([lambda: child], forwarded)  # noqa: B023 (called at once)
         first = False
         if code < 0 or code in (1, EXIT_LOCKED):
             died(child.pid, how_it_died(code))

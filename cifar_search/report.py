@@ -74,13 +74,19 @@ def status_table(study: optuna.Study) -> str:
     return "\n".join(lines)
 
 
+def accuracy(trial: optuna.trial.FrozenTrial) -> float:
+    """The validation accuracy of a completed trial (its value)."""
+    assert trial.value is not None, f"trial {trial.number} has no value"
+    return trial.value
+
+
 def summary_line(study: optuna.Study) -> str:
     """Trial counts by state and the best validation accuracy so far."""
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(t.state == state for t in trials) for state in TrialState}
     shown = ", ".join(f"{n} {state.name.lower()}" for state, n in counts.items() if n)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value) if complete else None
+    best = max(complete, key=accuracy) if complete else None
     tail = (f"; best validation accuracy {best.value:.4f} (trial {best.number})"
             if best else "; no completed trial yet")
     return f"{len(trials)} trials ({shown or 'none'}){tail}"
@@ -122,7 +128,7 @@ def _median(values: list[float]) -> float | None:
 
 def _family_row(family: str, trials: list[optuna.trial.FrozenTrial]) -> FamilyRow:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    values = [t.value for t in complete]
+    values = [accuracy(t) for t in complete]
     seconds = [s for t in trials for s in t.user_attrs.get("history", {}).get("seconds", [])]
     return FamilyRow(
         family=family,
@@ -163,6 +169,12 @@ def _points(difference: float) -> str:
     return f"{100 * difference:.2f} percentage points"
 
 
+def _known(value: float | None) -> float:
+    """A figure of a ranked family (one with completed trials), which is never missing."""
+    assert value is not None
+    return value
+
+
 def _ranking_sentences(ranked: list[FamilyRow]) -> list[str]:
     top = ranked[0]
     if len(ranked) == 1:
@@ -171,30 +183,28 @@ def _ranking_sentences(ranked: list[FamilyRow]) -> list[str]:
     second = ranked[1]
     lead = (f"By median validation accuracy of its completed trials, {top.family} leads with "
             f"{_pct(top.median)} ({plural(top.complete, 'trial')}), "
-            f"{_points(top.median - second.median)} ahead of {second.family} "
+            f"{_points(_known(top.median) - _known(second.median))} ahead of {second.family} "
             f"({_pct(second.median)})")
     baseline = next((r for r in ranked[2:] if r.family == "baseline"), None)
     if baseline is not None:
-        lead += (f" and {_points(top.median - baseline.median)} ahead of the baseline "
-                 f"({_pct(baseline.median)})")
-    best = max(ranked, key=lambda r: r.best)
-    runner_up = max((r for r in ranked if r is not best), key=lambda r: r.best)
+        lead += (f" and {_points(_known(top.median) - _known(baseline.median))} ahead of the "
+                 f"baseline ({_pct(baseline.median)})")
+    best = max(ranked, key=lambda r: _known(r.best))
+    runner_up = max((r for r in ranked if r is not best), key=lambda r: _known(r.best))
     return [f"{lead}.", f"The best single trial is in {best.family} ({_pct(best.best)}), "
-            f"{_points(best.best - runner_up.best)} above the best of {runner_up.family} "
-            f"({_pct(runner_up.best)})."]
+            f"{_points(_known(best.best) - _known(runner_up.best))} above the best of "
+            f"{runner_up.family} ({_pct(runner_up.best)})."]
 
 
 def _cost_sentence(ranked: list[FamilyRow]) -> str | None:
-    timed = [r for r in ranked if r.seconds_per_epoch is not None]
+    timed = [(r, r.seconds_per_epoch) for r in ranked if r.seconds_per_epoch is not None]
     if not timed:
         return None
-    top, cheapest = timed[0], min(timed, key=lambda r: r.seconds_per_epoch)
+    (top, top_s), (cheapest, cheapest_s) = timed[0], min(timed, key=lambda rs: rs[1])
     if top is cheapest:
-        return (f"{top.family} is also the cheapest per epoch ({top.seconds_per_epoch:.1f}s "
-                f"median, wall-clock).")
-    return (f"A median epoch of {top.family} took {top.seconds_per_epoch:.1f}s against "
-            f"{cheapest.seconds_per_epoch:.1f}s for {cheapest.family}, the cheapest: "
-            f"{top.seconds_per_epoch / cheapest.seconds_per_epoch:.2f}x (wall-clock, shared "
+        return f"{top.family} is also the cheapest per epoch ({top_s:.1f}s median, wall-clock)."
+    return (f"A median epoch of {top.family} took {top_s:.1f}s against {cheapest_s:.1f}s for "
+            f"{cheapest.family}, the cheapest: {top_s / cheapest_s:.2f}x (wall-clock, shared "
             f"with any concurrent workers).")
 
 

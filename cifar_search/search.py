@@ -25,12 +25,19 @@ from optuna.trial import TrialState
 from cifar_search import data
 from cifar_search.config import StudyConfig
 from cifar_search.errors import CifarSearchError, StudyLockedError
-from cifar_search.ledger import (FINISHED, Ledger, Retry, counted, open_ledger, original_number,
-                                 worker_id)
-from cifar_search.report import summary_line
+from cifar_search.ledger import (
+    FINISHED,
+    Ledger,
+    Retry,
+    counted,
+    open_ledger,
+    original_number,
+    worker_id,
+)
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
-from cifar_search.processes import drop_interrupt_reports
 from cifar_search.presets import get as get_preset
+from cifar_search.processes import drop_interrupt_reports
+from cifar_search.report import summary_line
 from cifar_search.space import BASELINE_PARAMS, params_of
 
 if TYPE_CHECKING:
@@ -266,7 +273,7 @@ class Heartbeat:
             except Exception:  # noqa: BLE001 (a missed beat; the next one may get through)
                 pass
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -275,7 +282,7 @@ class Heartbeat:
         self._thread.join()
 
 
-def optimize(ledger: Ledger, objective: "Objective", *, n_trials: int,
+def optimize(ledger: Ledger, objective: Objective, *, n_trials: int,
              max_trials: int | None = None, timeout: float | None = None,
              log: Callable[[str], None] = print) -> None:
     """Claim and train trials until the study's total is claimed, ``max_trials`` of this
@@ -311,7 +318,7 @@ def optimize(ledger: Ledger, objective: "Objective", *, n_trials: int,
         interrupts.check()
 
 
-def _train(ledger: Ledger, objective: "Objective", trial_id: int, number: int, *,
+def _train(ledger: Ledger, objective: Objective, trial_id: int, number: int, *,
            interrupts: Interrupts, log: Callable[[str], None]) -> None:
     """Train claimed trial ``number`` and tell the study how it ended."""
     from cifar_search.objective import NonFiniteLossError

@@ -13,6 +13,7 @@ import optuna
 
 from cifar_search.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
+
 def sample(trial: optuna.Trial, *, epochs: int, seed: int, variants: bool = True) -> TrainConfig:
     """Sample one training configuration for ``epochs`` epochs with training seed ``seed``.
 

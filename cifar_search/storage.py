@@ -195,7 +195,9 @@ def open_engine(url: str, *, create: bool = False) -> sqlalchemy.engine.Engine:
         engine = sqlalchemy.create_engine(url, **_engine_kwargs(url, create=create))
         with engine.connect() as conn:
             if engine.dialect.name == "sqlite":  # Outside a transaction: autocommit mode.
-                conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL")
+                dbapi = conn.connection.dbapi_connection
+                assert dbapi is not None
+                dbapi.execute("PRAGMA journal_mode=WAL")
         _for_workers(engine, url)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         raise _storage_error(url, exc) from exc

@@ -98,7 +98,7 @@ def augment_batch(
     """
     batch, size, channels = tf.shape(images)[0], images.shape[1], images.shape[3]
     shift_seed, flip_seed, cut_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    pad = int(round(shift * size))
+    pad = round(shift * size)
     window = tf.range(size)
     offsets = tf.random.stateless_uniform([2, batch, 1], shift_seed, -pad, pad + 1, tf.int32)
     rows = offsets[0] + window
@@ -151,7 +151,8 @@ def make_dataset(
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate(config: TrainConfig, steps_per_epoch: int,
+                  ) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """The learning rate or schedule: constant, cosine decay, or 2-epoch warm-up then cosine."""
     total = config.epochs * steps_per_epoch
     if config.schedule == "constant":

@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
-
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
@@ -77,15 +76,23 @@ def reported(tmp_path_factory, data_dir) -> tuple[Path, subprocess.CompletedProc
     return cwd, run("report", "--study", REPORTED, cwd=cwd)
 
 
+# What psycopg says when no server listens: only then are the PostgreSQL tests skipped. Any
+# other failure (a wrong password, a missing database) is an error the tests must show.
+NO_SERVER = ("Connection refused", "No such file or directory", "could not translate host")
+
+
 def _pg_available() -> str | None:
+    """None if the test PostgreSQL server answers, else why not (no server listens)."""
+    engine = sqlalchemy.create_engine(PG_URL)
     try:
-        engine = sqlalchemy.create_engine(PG_URL)
         with engine.connect():
-            pass
-        engine.dispose()
-        return None
-    except Exception as exc:  # Any failure means: no server to test against here.
+            return None
+    except sqlalchemy.exc.OperationalError as exc:
+        if not any(reason in str(exc) for reason in NO_SERVER):
+            raise
         return f"no PostgreSQL server answers at {PG_URL}: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -131,6 +131,6 @@ def test_without_gamma_or_beta_equals_keras(kwargs):
     keras_bn = keras.layers.BatchNormalization(**kwargs)
     fused = FusedBatchNormalization(**kwargs)
     x = _batch(SHAPES[0])
-    for training in (True, False):
-        np.testing.assert_allclose(fused(x, training=training).numpy(),
-                                   keras_bn(x, training=training).numpy(), **TOL)
+    for in_training in (True, False):
+        np.testing.assert_allclose(fused(x, training=in_training).numpy(),
+                                   keras_bn(x, training=in_training).numpy(), **TOL)

@@ -25,8 +25,15 @@ from cifar_search import cli, storage
 from cifar_search import ledger as ledger_module
 from cifar_search.config import StudyConfig
 from cifar_search.errors import EXIT_LOCKED, CifarSearchError, StudyLockedError
-from cifar_search.ledger import (DONE, MAX_RETRIES, WORKER_ATTR, Ledger, counted, given_up,
-                                 open_ledger)
+from cifar_search.ledger import (
+    DONE,
+    MAX_RETRIES,
+    WORKER_ATTR,
+    Ledger,
+    counted,
+    given_up,
+    open_ledger,
+)
 from cifar_search.search import Interrupts
 
 PARAMS = {"optimizer": "adam", "learning_rate": 1e-3}
@@ -171,7 +178,7 @@ def test_the_first_worker_freezes_and_a_joiner_sees_it_at_once(storage_url, stud
 def test_a_dead_trial_process_is_released_at_once_with_its_checkpoint(storage_url, study_name):
     ledger = _ledger(storage_url, study_name)
     ledger.enqueue(PARAMS, {})
-    trial_id, number = ledger.claim(5, "host:41")
+    trial_id, _number = ledger.claim(5, "host:41")
     assert ledger.checkpoints.save(trial_id, ledger.study_id, "h", 2, b"model")
     (outcome,) = ledger.release("host:41")
     assert "re-queued as trial 1" in outcome.describe()
@@ -313,11 +320,10 @@ def test_interrupts_wait_for_a_held_section_and_come_once():
     interrupts = Interrupts()
     reached = []
     with interrupts.installed():
-        with pytest.raises(KeyboardInterrupt):
-            with interrupts.held():
-                signal.raise_signal(signal.SIGINT)
-                signal.raise_signal(signal.SIGINT)  # Twice.
-                reached.append("end of the held section")
+        with pytest.raises(KeyboardInterrupt), interrupts.held():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # Twice.
+            reached.append("end of the held section")
         reached.append("after")
     assert reached == ["end of the held section", "after"]
 

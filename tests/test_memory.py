@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from memory import memory_per_trial  # noqa: E402
+from memory import memory_per_trial
 
 
 def test_one_process_does_not_leak_our_own_memory(data_dir):

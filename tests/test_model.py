@@ -25,8 +25,9 @@ def test_prescribed_cnn_has_exact_parameters_and_layer_order():
         "Dense", "Activation:softmax",
     ]
     conv1, conv2 = model.get_layer("conv1"), model.get_layer("conv2")
-    assert (conv1.filters, conv1.kernel_size, conv1.strides, conv1.padding) == (32, (3, 3), (1, 1), "valid")
-    assert (conv2.filters, conv2.kernel_size, conv2.strides, conv2.padding) == (64, (4, 4), (1, 1), "valid")
+    for conv, filters, size in ((conv1, 32, 3), (conv2, 64, 4)):
+        assert (conv.filters, conv.kernel_size, conv.strides, conv.padding) == (
+            filters, (size, size), (1, 1), "valid")
     assert model.get_layer("pool1").pool_size == (2, 2)
     assert model.get_layer("dense1").units == 256 and model.get_layer("dense2").units == 10
     assert model.output_shape == (None, 10)

@@ -75,7 +75,7 @@ def test_report_prints_its_path_and_writes_pngs_beside_it(reported):
 
 
 def test_report_has_every_section(reported, page):
-    cwd, _ = reported
+    _cwd, _ = reported
     for heading in (f"<h1>Study {REPORTED}</h1>", "<h2>Trials by state</h2>",
                     "<h2>Structure comparison</h2>", "<h2>Analysis</h2>",
                     "<h2>Learning curves of the 3 best completed trials</h2>",

@@ -10,7 +10,6 @@ from cifar_search import space, training
 from cifar_search.config import TrainConfig
 from cifar_search.errors import CifarSearchError
 
-
 SEED = np.array([1, 2])
 
 
@@ -120,8 +119,8 @@ def test_same_seed_gives_the_same_run(cifar_train):
     runs = []
     for seed in (3, 3, 4):
         recorder = training.HistoryRecorder("t", 1, lambda _: None)
-        training.train(config.replace(seed=seed), (x[:1000], y[:1000]), (x[1000:1500], y[1000:1500]),
-                       callbacks=[recorder])
+        training.train(config.replace(seed=seed), (x[:1000], y[:1000]),
+                       (x[1000:1500], y[1000:1500]), callbacks=[recorder])
         runs.append((recorder.history["loss"], recorder.history["val_accuracy"]))
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]

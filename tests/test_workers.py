@@ -14,13 +14,14 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
+from conftest import PG_URL, _pg_available
 from optuna.trial import TrialState
 
 from cifar_search.checkpoints import CheckpointStore
-from conftest import PG_URL, _pg_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from soak import children  # noqa: E402
+from soak import children
+
 from cifar_search.ledger import FINISHED
 
 CLI = str(Path(sys.executable).with_name("cifar-search"))
