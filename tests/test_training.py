@@ -112,6 +112,8 @@ def test_invalid_train_config_is_refused():
 
 
 def test_same_seed_gives_the_same_run(cifar_train):
+    """Bit for bit on one machine with one thread count (docs/RESULTS.md, reproducibility);
+    across machines runs only agree closely."""
     x, y = cifar_train
     config = TrainConfig(optimizer="adam", learning_rate=2e-3, batch_size=64, epochs=1,
                          augment=True, shift=0.1, flip=True, cutout=8, dropout_dense=0.3,
