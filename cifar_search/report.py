@@ -359,7 +359,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> Path:
     rows = structure_rows(study)
     trials = study.get_trials(deepcopy=False)
     name = html.escape(study.study_name)
-    generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    generated = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     sections = [
         f"<h1>Study {name}</h1>",
         _note(f"generated {generated} by cifar-search report"),
