@@ -1,8 +1,8 @@
 """cifar-search: honest, durable Optuna searches for the prescribed CIFAR-10 CNN.
 
-The Python API (:mod:`cifar_search.api`): :func:`search`, :func:`finalize`, :func:`report`
-and :func:`results`, each documented with an example; the ``cifar-search`` command is a
-thin layer over the same code.
+The Python API (:mod:`cifar_search.api`): :func:`search`, :func:`finalize`, :func:`report`,
+:func:`results`, :func:`curves` and :func:`structures`, each documented with an example;
+the ``cifar-search`` command is a thin layer over the same code.
 """
 
 # The modules named like the API's functions are imported first: importing a submodule for
@@ -12,9 +12,18 @@ thin layer over the same code.
 from cifar_search import finalize as _finalize_module  # noqa: F401
 from cifar_search import report as _report_module  # noqa: F401
 from cifar_search import search as _search_module  # noqa: F401
-from cifar_search.api import Results, TrialRecord, finalize, report, results, search
+from cifar_search.api import (
+                              Results,
+                              TrialRecord,
+                              curves,
+                              finalize,
+                              report,
+                              results,
+                              search,
+                              structures,
+)
 from cifar_search.errors import CifarSearchError
 from cifar_search.ledger import TestEvaluation
 
-__all__ = ["CifarSearchError", "Results", "TestEvaluation", "TrialRecord", "finalize",
-           "report", "results", "search"]
+__all__ = ["CifarSearchError", "Results", "TestEvaluation", "TrialRecord", "curves",
+           "finalize", "report", "results", "search", "structures"]

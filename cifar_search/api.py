@@ -88,6 +88,42 @@ def results(study: str, *, storage: str | None = None) -> Results:
     return Results(study, trials, best, evaluations(ledger.study), status_table(ledger.study))
 
 
+def curves(study: str, trial: int | None = None, *, storage: str | None = None) -> Any:
+    """A plotly figure of one trial's loss and accuracy per epoch (default: the best trial).
+
+    Example::
+
+        cifar_search.curves("demo").show()
+    """
+    from cifar_search.ledger import open_ledger
+    from cifar_search.plots import best_trials, trial_curves
+
+    ledger = open_ledger(study, study_url(study, storage))
+    if trial is None:
+        best = best_trials(ledger.study, 1)
+        if not best:
+            raise CifarSearchError(f"study {study!r} has no completed trial yet")
+        return trial_curves(best[0])
+    trials = [t for t in ledger.trials() if t.number == trial]
+    if not trials:
+        raise CifarSearchError(f"study {study!r} has no trial {trial}")
+    return trial_curves(trials[0])
+
+
+def structures(study: str, *, storage: str | None = None) -> str:
+    """The structure comparison (baseline, bn, dropout, aug, ... against the seed's published
+    numbers) and its analysis, as in the report, as text.
+
+    Example::
+
+        print(cifar_search.structures("demo"))
+    """
+    from cifar_search.ledger import open_ledger
+    from cifar_search.report import structure_text
+
+    return structure_text(open_ledger(study, study_url(study, storage)).study)
+
+
 def search(
     study: str,
     *,

@@ -276,7 +276,7 @@ def _counts_section(study: optuna.Study) -> str:
                     f"{study.user_attrs.get('data_fingerprint', '-')}; {versions}"))
 
 
-def _structure_section(rows: list[FamilyRow]) -> str:
+def _structure_cells(rows: list[FamilyRow]) -> tuple[list[str], list[list[str]]]:
     header = ["family", "trials run", "complete", "pruned", "failed", "best val acc",
               "median val acc", "median epochs to best", "median s/epoch",
               "seed reference: test acc† of the 40K model / after 50K retraining"]
@@ -286,6 +286,19 @@ def _structure_section(rows: list[FamilyRow]) -> str:
               "-" if r.seconds_per_epoch is None else f"{r.seconds_per_epoch:.2f}",
               f"{r.reference[0]:.2f}% / {r.reference[1]:.2f}%" if r.reference else "-"]
              for r in rows]
+    return header, cells
+
+
+def structure_text(study: optuna.Study) -> str:
+    """The report's structure comparison and analysis, as plain text (for a notebook)."""
+    rows = structure_rows(study)
+    header, cells = _structure_cells(rows)
+    table = _table(header, cells) if cells else "No finished trial yet."
+    return f"{table}\n\n{analysis(study, rows)}\n† Test-set numbers: {TEST_NOTE}."
+
+
+def _structure_section(rows: list[FamilyRow]) -> str:
+    header, cells = _structure_cells(rows)
     return ("<h2>Structure comparison</h2>"
             + (_html_table(header, cells, "structures") if cells else
                "<p>No finished trial yet.</p>")

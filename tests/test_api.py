@@ -31,6 +31,13 @@ def test_search_finalize_and_results_return_plain_records(tmp_path, data_dir):
     assert results.best.epochs_run == 1 and results.best.config["epochs"] == 1
     assert "study api: 2 trials" in results.table()
     assert any(line.startswith("trial 1 complete") for line in lines)
+    figure = cifar_search.curves("api", storage=url)
+    assert figure.layout.title.text.startswith(f"trial {results.best.number} ")
+    assert {line.name for line in figure.data} == {"train", "validation"}
+    with pytest.raises(CifarSearchError, match="has no trial 7"):
+        cifar_search.curves("api", trial=7, storage=url)
+    compared = cifar_search.structures("api", storage=url)
+    assert compared.startswith("family") and "seed reference" in compared
 
     evaluation = cifar_search.finalize("api", storage=url, data_dir=str(data_dir),
                                        output_dir=tmp_path / "models", threads=1,

@@ -31,6 +31,11 @@ def test_the_example_notebook_runs_and_looks_at_the_test_set_once(tmp_path, data
         assert "test accuracy 0." in shown and "(look #1)" in shown, shown
         assert "refused: study 'notebook-demo' was already evaluated" in shown, shown
         assert ("reading the test set" in shown) == (run == 0), shown
+        assert "seed reference" in shown, shown  # The structure comparison.
+        figures = [out for cell in notebook.cells if cell.cell_type == "code"
+                   for out in cell.outputs if "application/vnd.plotly.v1+json" in
+                   out.get("data", {})]
+        assert len(figures) == 1  # The best trial's curves, drawn inline.
     study = optuna.load_study(study_name="notebook-demo",
                               storage=f"sqlite:///{tmp_path}/studies/notebook-demo.db")
     assert counted(study.trials) == 3
