@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable
@@ -193,15 +194,41 @@ def open_engine(url: str, *, create: bool = False) -> sqlalchemy.engine.Engine:
     prepare(url, create=create)
     try:
         engine = sqlalchemy.create_engine(url, **_engine_kwargs(url, create=create))
-        with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":  # Outside a transaction: autocommit mode.
-                dbapi = conn.connection.dbapi_connection
-                assert dbapi is not None
-                dbapi.execute("PRAGMA journal_mode=WAL")
+        if (path := sqlite_path(url)) is not None:
+            _switch_to_wal(engine, path)
+        else:
+            with engine.connect():
+                pass  # Fails here, in one line, if the server does not answer.
         _for_workers(engine, url)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, ImportError) as exc:
         raise _storage_error(url, exc) from exc
     return engine
+
+
+def _switch_to_wal(engine: sqlalchemy.engine.Engine, path: Path) -> None:
+    """Put the SQLite file in WAL mode (a no-op once it is).
+
+    While another connection writes to a file still in rollback mode (workers creating one
+    study together), SQLite refuses the switch at once with "database is locked", without
+    waiting for the busy timeout, so the switch is retried for as long as that timeout.
+    """
+    deadline = time.monotonic() + SQLITE_TIMEOUT_SECONDS
+    pause = 0.01
+    while True:
+        with engine.connect() as conn:  # Outside a transaction: autocommit mode.
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            try:
+                dbapi.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "database is locked" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StudyLockedError("the study's database", SQLITE_TIMEOUT_SECONDS,
+                                           str(path)) from exc
+        time.sleep(pause)
+        pause = min(2 * pause, 0.5)
 
 
 def open_storage(url: str, *, create: bool = False,
