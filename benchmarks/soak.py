@@ -37,7 +37,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from cifar_search.ledger import FINISHED, evaluations, given_up, open_ledger, original_number
+from cifar_search.errors import CifarSearchError
+from cifar_search.ledger import (
+    FINISHED,
+    evaluations,
+    frozen_config,
+    given_up,
+    open_ledger,
+    original_number,
+)
 
 CLI = str(Path(sys.executable).with_name("cifar-search"))
 HEARTBEAT = 2
@@ -119,14 +127,27 @@ class Soak:
             for worker in self.rng.sample(workers, 2):
                 worker.send_signal(signal.SIGTERM)
             self.workers += [self.start(), self.start()]
-        elif fault == "wrong-heartbeat":
-            flags = [f if f != str(HEARTBEAT) else str(HEARTBEAT + 1) for f in TINY]
+        elif fault == "wrong-heartbeat" and self.frozen():
+            flags = list(TINY)
+            flags[flags.index("--heartbeat") + 1] = str(HEARTBEAT + 1)
             proc = self.start(self.command("--n-trials", "100000", *flags))
             self.refused.append((proc, self.logs[-1]))
         else:
             return False
         self.faults[fault] += 1
         return True
+
+    def frozen(self) -> bool:
+        """Whether one of the soak's own workers froze the study's configuration: a worker
+        with another heartbeat that came first would freeze its own and refuse the rest."""
+        try:
+            ledger = open_ledger(self.name, self.args.storage)
+        except CifarSearchError:  # No study yet.
+            return False
+        try:
+            return frozen_config(ledger.study) is not None
+        finally:
+            ledger.storage.engine.dispose()
 
     def run(self) -> int:
         start = time.monotonic()
@@ -136,8 +157,8 @@ class Soak:
             time.sleep(self.rng.uniform(0.5, 1.5) * self.args.fault_every)
             self.inject(self.rng.choice(FAULTS))
             self.top_up()
-        for worker in self.alive():
-            worker.send_signal(signal.SIGTERM)
+        for worker in [*self.alive(), *(p for p, _ in self.refused if p.poll() is None)]:
+            worker.send_signal(signal.SIGTERM)  # A refused worker that was not: the check says so.
         for worker in self.workers:
             worker.wait(timeout=120)
         time.sleep(3 * HEARTBEAT + 3)  # Stopped trial processes are stale by now.
