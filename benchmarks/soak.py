@@ -149,6 +149,18 @@ class Soak:
         finally:
             ledger.storage.engine.dispose()
 
+    @staticmethod
+    def refused_in_time(proc: subprocess.Popen) -> bool:
+        """Whether a worker with another heartbeat exited with the refusal's code 2 (one
+        still loading when the soak ends is waited for; one never refused is stopped, and
+        the check says so instead of waiting for it for ever)."""
+        try:
+            return proc.wait(timeout=300) == 2
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+
     def run(self) -> int:
         start = time.monotonic()
         self.top_up()  # K workers joining a new study at the same instant.
@@ -157,8 +169,8 @@ class Soak:
             time.sleep(self.rng.uniform(0.5, 1.5) * self.args.fault_every)
             self.inject(self.rng.choice(FAULTS))
             self.top_up()
-        for worker in [*self.alive(), *(p for p, _ in self.refused if p.poll() is None)]:
-            worker.send_signal(signal.SIGTERM)  # A refused worker that was not: the check says so.
+        for worker in self.alive():
+            worker.send_signal(signal.SIGTERM)
         for worker in self.workers:
             worker.wait(timeout=120)
         time.sleep(3 * HEARTBEAT + 3)  # Stopped trial processes are stale by now.
@@ -198,7 +210,7 @@ class Soak:
         records = evaluations(ledger.study)
         gave_up = given_up(trials)
         traces = [p.name for p, t in logs.items() if "Traceback" in t]
-        refused_ok = all(p.wait(timeout=600) == 2 and "frozen configuration" in log.read_text()
+        refused_ok = all(self.refused_in_time(p) and "frozen configuration" in log.read_text()
                          for p, log in self.refused)
         return [
             (f"exactly n = {n} finished trials", len(finished) == n, str(len(finished))),
