@@ -13,14 +13,14 @@ from cifar_search import finalize as _finalize_module  # noqa: F401
 from cifar_search import report as _report_module  # noqa: F401
 from cifar_search import search as _search_module  # noqa: F401
 from cifar_search.api import (
-                              Results,
-                              TrialRecord,
-                              curves,
-                              finalize,
-                              report,
-                              results,
-                              search,
-                              structures,
+    Results,
+    TrialRecord,
+    curves,
+    finalize,
+    report,
+    results,
+    search,
+    structures,
 )
 from cifar_search.errors import CifarSearchError
 from cifar_search.ledger import TestEvaluation
