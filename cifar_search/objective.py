@@ -73,9 +73,13 @@ class Objective:
     study_id: int = 0
     log: Callable[[str], None] = print
 
-    def __call__(self, trial: optuna.Trial, trial_id: int, key: int) -> float:
+    def __call__(self, trial: optuna.Trial, trial_id: int, key: int, *,
+                 between_batches: Callable[[], None] | None = None) -> float:
         """Train ``trial`` (storage id ``trial_id``; ``key``: the number of the first trial
-        of its retry chain, which seeds it) and return its best validation accuracy."""
+        of its retry chain, which seeds it) and return its best validation accuracy.
+
+        ``between_batches()`` is called after every batch; it may stop training by raising.
+        """
         keras.backend.clear_session()
         gc.collect()
         config = space.sample(trial, epochs=self.study_config.max_epochs,
@@ -94,6 +98,8 @@ class Objective:
         for epoch, value in enumerate(reporter.history["val_accuracy"], start=1):
             trial.report(value, epoch)  # The resumed epochs, for the pruner.
         callbacks: list[keras.callbacks.Callback] = [reporter]
+        if between_batches is not None:
+            callbacks.append(training.BatchHook(between_batches))
         if self.checkpoints is not None:
             callbacks.append(EpochCheckpointer(self.checkpoints, trial_id, self.study_id,
                                                config_hash(config.to_dict())))

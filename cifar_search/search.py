@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -36,7 +35,6 @@ from cifar_search.ledger import (
 )
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
 from cifar_search.presets import get as get_preset
-from cifar_search.processes import drop_interrupt_reports
 from cifar_search.report import summary_line
 from cifar_search.space import BASELINE_PARAMS, params_of
 
@@ -200,29 +198,24 @@ def run_search(
 
 
 class Interrupts:
-    """Ctrl-C and SIGTERM as KeyboardInterrupt, except inside :meth:`held` sections, which
-    finish first (a claim, a tell, the clean-up after an interrupt): a signal arriving there
-    is raised when the section ends, and a second one while it is pending changes nothing.
+    """Ctrl-C and SIGTERM, acted on only where that is safe: the handler notes the signal
+    (:attr:`received`) and :meth:`check` raises KeyboardInterrupt.
 
-    A signal is also remembered (:attr:`received`): Python drops a KeyboardInterrupt raised
-    while it runs a finalizer (a weakref callback during garbage collection), and TensorFlow
-    may turn one raised while it traces into another error; the worker loop checks the flag.
+    A worker checks between trials and after every training or validation batch, so a signal
+    never lands inside a database write, a checkpoint or a finalizer. Raised there, it could
+    leave the worker's own pooled SQLite connection holding the write lock (its next write,
+    failing and re-queuing the trial, then waited out the busy timeout: seen in a fresh
+    clone's CI run), or be dropped by Python and not acted on until the trial ended.
     """
 
     def __init__(self) -> None:
-        self._holding = 0
-        self._pending = False
         self.received = False
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = True
-        if self._holding:
-            self._pending = True
-        else:
-            raise KeyboardInterrupt
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt if a signal came, even if its exception was lost."""
+        """Raise KeyboardInterrupt if a signal came."""
         if self.received:
             raise KeyboardInterrupt
 
@@ -232,8 +225,6 @@ class Interrupts:
             yield  # Signals reach the main thread only: leave them alone.
             return
         previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        unraisable = sys.unraisablehook
-        sys.unraisablehook = drop_interrupt_reports
         try:
             yield
         except KeyboardInterrupt:
@@ -241,21 +232,8 @@ class Interrupts:
             previous = dict.fromkeys(previous, signal.SIG_IGN)
             raise
         finally:
-            sys.unraisablehook = unraisable
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self._holding += 1
-        try:
-            yield
-        finally:
-            self._holding -= 1
-        if not self._holding and self._pending:
-            self._pending = False
-            raise KeyboardInterrupt
 
 
 class Heartbeat:
@@ -296,23 +274,15 @@ def optimize(ledger: Ledger, objective: Objective, *, n_trials: int,
             interrupts.check()
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            claimed = None
+            claimed = ledger.claim(n_trials, owner)
+            if claimed is None:
+                return
+            ran += 1
             try:
-                with interrupts.held():
-                    claimed = ledger.claim(n_trials, owner)
-                if claimed is None:
-                    return
-                ran += 1
+                interrupts.check()
                 _train(ledger, objective, *claimed, interrupts=interrupts, log=log)
             except BaseException as exc:
-                # An error while a signal was coming is the signal's doing: a retry, not a
-                # failure.
-                cause = KeyboardInterrupt() if interrupts.received else exc
-                if claimed is not None:
-                    with interrupts.held():
-                        _abandon(ledger, claimed[1], cause, log)
-                if isinstance(cause, KeyboardInterrupt) and cause is not exc:
-                    raise cause from exc
+                _abandon(ledger, claimed[1], exc, log)
                 raise
             gc.collect()
         interrupts.check()
@@ -329,7 +299,7 @@ def _train(ledger: Ledger, objective: Objective, trial_id: int, number: int, *,
     value, state, reason = None, TrialState.COMPLETE, None
     try:
         with Heartbeat(ledger.storage, trial_id):
-            value = objective(trial, trial_id, key)
+            value = objective(trial, trial_id, key, between_batches=interrupts.check)
     except optuna.TrialPruned:
         state = TrialState.PRUNED
     except NonFiniteLossError as exc:
@@ -337,23 +307,21 @@ def _train(ledger: Ledger, objective: Objective, trial_id: int, number: int, *,
     except optuna.exceptions.UpdateFinishedTrialError:
         _taken_over(ledger, number, log)
         return
-    with interrupts.held():
-        if state == TrialState.FAIL:
-            told = ledger.fail(number, reason)
-        else:
-            try:
-                told = study.tell(trial, value, state=state,
-                                  skip_if_finished=True).state == state
-            except optuna.exceptions.UpdateFinishedTrialError:
-                told = False  # Failed as stale by another worker between two reads.
-        if not told:
-            _taken_over(ledger, number, log)
-            return
-        ledger.checkpoints.delete(trial_id)
-        frozen = ledger.storage.get_trial(trial_id)
-        shown = "" if frozen.value is None else f", validation accuracy {frozen.value:.4f}"
-        log(f"trial {number} {frozen.state.name.lower()}{shown}"
-            f"{f' ({reason})' if reason else ''}; {summary_line(study)}")
+    if state == TrialState.FAIL:
+        told = ledger.fail(number, reason)
+    else:
+        try:
+            told = study.tell(trial, value, state=state, skip_if_finished=True).state == state
+        except optuna.exceptions.UpdateFinishedTrialError:
+            told = False  # Failed as stale by another worker between two reads.
+    if not told:
+        _taken_over(ledger, number, log)
+        return
+    ledger.checkpoints.delete(trial_id)
+    frozen = ledger.storage.get_trial(trial_id)
+    shown = "" if frozen.value is None else f", validation accuracy {frozen.value:.4f}"
+    log(f"trial {number} {frozen.state.name.lower()}{shown}"
+        f"{f' ({reason})' if reason else ''}; {summary_line(study)}")
 
 
 def _stale_logger(ledger: Ledger, log: Callable[[str], None]) -> Callable[[Retry], None]:

@@ -67,6 +67,21 @@ class HistoryRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class BatchHook(keras.callbacks.Callback):
+    """Calls ``hook()`` after every training and validation batch: a caller may stop
+    training there by raising (a search worker acts on Ctrl-C this way)."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.hook()
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.hook()
+
+
 def configure_threads(threads: int | None) -> None:
     """Limit TensorFlow to ``threads`` CPU threads (None keeps its default of all cores).
 

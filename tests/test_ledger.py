@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
-from cifar_search import cli, storage
+from cifar_search import checkpoints, cli, storage
 from cifar_search import ledger as ledger_module
 from cifar_search.config import StudyConfig
 from cifar_search.errors import EXIT_LOCKED, CifarSearchError, StudyLockedError
@@ -334,16 +335,41 @@ def test_unsupported_backends_and_passwords_in_messages(tmp_path):
     assert "secret" not in storage.safe_url("postgresql://u:secret@localhost/db")
 
 
-def test_interrupts_wait_for_a_held_section_and_come_once():
+def test_a_signal_is_acted_on_at_the_next_check_only():
     interrupts = Interrupts()
     reached = []
     with interrupts.installed():
-        with pytest.raises(KeyboardInterrupt), interrupts.held():
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        reached.append("went on")
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    assert reached == ["went on"]
+
+
+def test_a_signal_during_a_storage_write_lets_it_finish_and_leaves_the_study_free(
+        storage_url, study_name):
+    """A KeyboardInterrupt raised inside a write could leave the worker's own SQLite
+    connection holding the write lock: failing and re-queuing its trial then waited out the
+    busy timeout (a fresh clone's CI run, SIGTERM during an epoch's checkpoint)."""
+    ledger = _ledger(storage_url, study_name)
+    trial_id, number = ledger.claim(5, "host:1")
+
+    def signal_mid_write(conn, cursor, statement, *args) -> None:
+        if statement.lstrip().startswith(f"INSERT INTO {checkpoints.TABLE.name}"):
             signal.raise_signal(signal.SIGINT)
-            signal.raise_signal(signal.SIGINT)  # Twice.
-            reached.append("end of the held section")
-        reached.append("after")
-    assert reached == ["end of the held section", "after"]
+
+    interrupts = Interrupts()
+    sqlalchemy.event.listen(ledger.storage.engine, "before_cursor_execute", signal_mid_write)
+    with interrupts.installed():
+        assert ledger.checkpoints.save(trial_id, ledger.study_id, "h", 1, b"model")
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    sqlalchemy.event.remove(ledger.storage.engine, "before_cursor_execute", signal_mid_write)
+    assert ledger.checkpoints.load(trial_id).epoch == 1
+    started = time.monotonic()
+    assert ledger.fail(number)
+    assert time.monotonic() - started < 5
 
 
 def test_checkpoint_rows_of_finished_or_deleted_trials_are_swept(storage_url, study_name):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -95,3 +97,26 @@ def test_a_resumed_seeded_worker_does_not_repeat_its_first_trials(tmp_path, data
     trials = optuna.load_study(study_name="r", storage=url).get_trials()
     assert len(trials) == 4
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+
+
+def test_a_signal_lost_in_a_finalizer_stops_training_at_the_next_batch(tmp_path, data_dir):
+    """Python drops a KeyboardInterrupt raised in a finalizer; the worker trained on to the
+    end of the trial (past a CI test's 30 s) before acting on it."""
+    class Finalized:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGTERM)
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "epoch 1/" in line:
+            Finalized()
+
+    url = f"sqlite:///{tmp_path}/lost.db"
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_search("lost", url, given={**SMALL, "max_epochs": 3}, n_trials=1,
+                   data_dir=str(data_dir), presets=[], log=log)
+    first, retry = optuna.load_study(study_name="lost", storage=url).get_trials()
+    assert (first.state, retry.state) == (TrialState.FAIL, TrialState.WAITING)
+    assert len(first.user_attrs["history"]["val_accuracy"]) == 1
+    assert "trial 0 interrupted; trial 0 re-queued as trial 1" in lines[-1]
