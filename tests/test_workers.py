@@ -59,7 +59,13 @@ class Worker:
         raise AssertionError(f"no {pattern!r} in worker output:\n{self.output()}")
 
     def finish(self, seconds: float = 600) -> int:
-        return self.proc.wait(timeout=seconds)
+        try:
+            return self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"worker still running after {seconds} s:\n"
+                                 f"{self.output()}") from None
 
 
 def _assert_clean_total(study: optuna.Study, total: int) -> None:
