@@ -148,7 +148,9 @@ def search(
 
     The settings left as None take the study's frozen value (or, in a new study, the
     default); ``presets`` None queues the best known preset in a new study, ``[]`` none.
-    Runs the trials in this process. Ctrl-C stops it with the running trial re-queued.
+    Each trial's proposal is seeded by ``sampler_seed`` (default: the study's ``seed``) and
+    the trial's number, so the same call proposes the same first trials. Runs the trials in
+    this process. Ctrl-C stops it with the running trial re-queued.
 
     Example::
 

@@ -296,8 +296,9 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         help="start a new study without the default warm-start preset "
                         "(presets named with --preset are still enqueued)")
     parser.add_argument("--sampler-seed", type=int,
-                        help="seed of this worker's sampler, for a repeatable single-worker "
-                        "search (workers of one study need different seeds or none)")
+                        help="seed of the sampler's proposals (default: the study's --seed); "
+                        "each trial's draw is seeded by it and the trial's number, so a search "
+                        "is repeatable and workers sharing a study never draw alike")
     parser.add_argument("--recycle", type=_non_negative, default=DEFAULT_RECYCLE, metavar="N",
                         help="run every N trials in a fresh process forked from this one "
                         "(which loads the data once), so the memory TensorFlow keeps from "

@@ -67,27 +67,21 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def make_sampler(seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """Multivariate TPE with the constant liar, so parallel workers spread out their trials.
-
-    A ``seed`` makes a single worker's choices repeatable; workers sharing a study need
-    different seeds (or none), or they would propose the same trials.
-    """
+    """Multivariate TPE with the constant liar, so parallel workers spread out their trials."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
                                           seed=seed)
 
 
-def resumed_seed(seed: int | None, n_trials: int) -> int | None:
-    """The sampler seed of a worker joining a study that holds ``n_trials`` trials.
+def trial_seed(base: int, number: int) -> int:
+    """The sampler's seed for trial ``number`` of a study whose sampler seed is ``base``.
 
-    The same seed again would replay the draws of the study's first random trials and
-    propose their parameters a second time (a resumed or recycled worker would); mixing in
-    the trial count keeps one worker's search repeatable without repeating it.
+    Seeding each trial's draw by its number (claimed by one worker only) makes a search
+    repeatable (two runs of one command propose the same first trials) while workers
+    sharing a study, or a resumed worker, never draw alike.
     """
-    if seed is None or n_trials == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, n_trials]).generate_state(1)[0])
+    return int(np.random.SeedSequence([base, number]).generate_state(1)[0])
 
 
 class TrainSet(NamedTuple):
@@ -113,10 +107,13 @@ def split(
             data.subsample(val_idx, labels, config.val_size, config.seed))
 
 
-def validate(given: Mapping[str, Any], n_trials: int, presets: Sequence[str] | None) -> None:
+def validate(given: Mapping[str, Any], n_trials: int, presets: Sequence[str] | None,
+             sampler_seed: int | None = None) -> None:
     """Refuse bad settings before anything is read or written."""
     if n_trials < 1:
         raise CifarSearchError("--n-trials must be at least 1")
+    if sampler_seed is not None and not 0 <= sampler_seed < 2**32:
+        raise CifarSearchError("sampler_seed must be an integer from 0 to 2**32 - 1")
     StudyConfig(**given)
     for preset_name in presets or ():
         get_preset(preset_name)
@@ -124,13 +121,11 @@ def validate(given: Mapping[str, Any], n_trials: int, presets: Sequence[str] | N
 
 def prepare_study(
     name: str, url: str, given: Mapping[str, Any], fingerprint: str,
-    sampler_seed: int | None = None,
 ) -> tuple[Ledger, StudyConfig, bool]:
     """Create or join the study: its ledger, its configuration, and whether this call froze
     it (so this worker is the study's first)."""
     ledger = open_ledger(name, url, create=True)
     config, froze = ledger.freeze_or_check(given, fingerprint)
-    ledger.study.sampler = make_sampler(resumed_seed(sampler_seed, len(ledger.trials())))
     ledger.study.pruner = make_pruner(config)
     return ledger, config, froze
 
@@ -175,9 +170,9 @@ def run_search(
     (:mod:`cifar_search.processes` then starts a fresh one, handing it the training set it
     ``loaded`` once; ``header`` false skips the study's opening line).
     """
-    validate(given, n_trials, presets)
+    validate(given, n_trials, presets, sampler_seed)
     images, labels, fingerprint = loaded or load_train_set(data_dir)
-    ledger, config, first = prepare_study(name, url, given, fingerprint, sampler_seed)
+    ledger, config, first = prepare_study(name, url, given, fingerprint)
     ledger.on_stale = _stale_logger(ledger, log)
     enqueue_warm_starts(ledger, config, first=first, presets=presets, baseline=enqueue_baseline)
 
@@ -193,7 +188,7 @@ def run_search(
                           (images[val_idx], labels[val_idx]), config, ledger.checkpoints,
                           ledger.study_id, log)
     optimize(ledger, objective, n_trials=n_trials, max_trials=max_trials, timeout=timeout,
-             log=log)
+             sampler_seed=config.seed if sampler_seed is None else sampler_seed, log=log)
     return ledger.study
 
 
@@ -262,9 +257,10 @@ class Heartbeat:
 
 def optimize(ledger: Ledger, objective: Objective, *, n_trials: int,
              max_trials: int | None = None, timeout: float | None = None,
-             log: Callable[[str], None] = print) -> None:
+             sampler_seed: int = 0, log: Callable[[str], None] = print) -> None:
     """Claim and train trials until the study's total is claimed, ``max_trials`` of this
-    process's own have run, or ``timeout`` seconds have passed."""
+    process's own have run, or ``timeout`` seconds have passed; each trial's proposal is
+    seeded by ``sampler_seed`` and its number (:func:`trial_seed`)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     owner = worker_id()
     interrupts = Interrupts()
@@ -280,6 +276,7 @@ def optimize(ledger: Ledger, objective: Objective, *, n_trials: int,
             ran += 1
             try:
                 interrupts.check()
+                ledger.study.sampler = make_sampler(trial_seed(sampler_seed, claimed[1]))
                 _train(ledger, objective, *claimed, interrupts=interrupts, log=log)
             except BaseException as exc:
                 _abandon(ledger, claimed[1], exc, log)

@@ -102,6 +102,7 @@ def test_search_never_reads_the_test_set(tmp_path, data_dir):
     (["status", "--study", "x", "--storage", "postgresql+nosuchdriver://x/db"],
      "no database driver"),
     (["search", "--study", "x", "--seed", "-1"], "seed must be an integer from 0"),
+    (["search", "--study", "x", "--sampler-seed", "-1"], "sampler_seed must be an integer"),
     (["search", "--study", "x", "--train-size", "50"], "train_size must be at least 100"),
     (["search", "--study", "a{b}"], "study name 'a{b}' is not allowed"),
     (["search", "--study", "../escape"], "study name '../escape' is not allowed"),

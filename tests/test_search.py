@@ -12,7 +12,7 @@ from cifar_search import ledger
 from cifar_search.errors import CifarSearchError
 from cifar_search.presets import DEFAULTS
 from cifar_search.presets import get as get_preset
-from cifar_search.search import resumed_seed, run_search
+from cifar_search.search import run_search, trial_seed
 from cifar_search.space import BASELINE_PARAMS, params_of
 
 SMALL = {"train_size": 500, "val_size": 200, "max_epochs": 1, "pruner": "none"}
@@ -81,19 +81,32 @@ def test_unknown_preset_is_refused(tmp_path):
         run_search("p", f"sqlite:///{tmp_path}/x.db", given={}, n_trials=1, presets=["x"])
 
 
-def test_resumed_seed_differs_by_trial_count_only_when_there_are_trials():
-    assert resumed_seed(None, 5) is None
-    assert resumed_seed(7, 0) == 7  # A new study: the seed as given.
-    assert resumed_seed(7, 3) == resumed_seed(7, 3)
-    assert len({resumed_seed(7, n) for n in range(1, 50)} | {7}) == 50
-    assert resumed_seed(0, 1) != resumed_seed(1, 0)
+def test_trial_seeds_differ_by_trial_and_by_base():
+    assert trial_seed(7, 3) == trial_seed(7, 3)
+    assert len({trial_seed(7, n) for n in range(50)}) == 50
+    assert trial_seed(0, 1) != trial_seed(1, 0)
+
+
+def test_the_same_command_proposes_the_same_trials_by_default(tmp_path, data_dir):
+    """Two users' quickstarts picked different trial-2 configurations: the sampler was
+    unseeded unless --sampler-seed was given."""
+    proposed = []
+    for name in ("a", "b"):
+        url = f"sqlite:///{tmp_path}/{name}.db"
+        run_search(name, url, given={**SMALL, "train_size": 100}, n_trials=2,
+                   data_dir=str(data_dir), presets=[], enqueue_baseline=False,
+                   log=lambda _: None)
+        proposed.append([t.params for t in optuna.load_study(study_name=name,
+                                                             storage=url).get_trials()])
+    assert proposed[0] == proposed[1]
+    assert proposed[0][0] != proposed[0][1]
 
 
 def test_a_resumed_seeded_worker_does_not_repeat_its_first_trials(tmp_path, data_dir):
     url = f"sqlite:///{tmp_path}/resume.db"
     for total in (2, 4):  # The same command twice, as after an interruption.
         run_search("r", url, given=SMALL, n_trials=total, data_dir=str(data_dir), presets=[],
-                   enqueue_baseline=False, sampler_seed=0, log=lambda _: None)
+                   enqueue_baseline=False, log=lambda _: None)
     trials = optuna.load_study(study_name="r", storage=url).get_trials()
     assert len(trials) == 4
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
