@@ -17,6 +17,8 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PRUNERS = ("median", "hyperband", "none")
 # "variants": batch norm and dropout may be searched; "prescribed": the bare layers only.
 LAYERS = ("variants", "prescribed")
+# The per-epoch curves a trial records (its "history" user attribute, with "seconds").
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def _check(ok: bool, message: str) -> None:

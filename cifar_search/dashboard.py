@@ -1,4 +1,11 @@
-"""The study in optuna-dashboard: each trial's curves PNG attached to the trial, and the server."""
+"""The study in optuna-dashboard: notes written as the search runs, each trial's curves PNG
+attached to the trial, and the server.
+
+After every trial a worker writes that trial's per-epoch curves as its note and the study's
+structure comparison and analysis as the study's note, so the dashboard shows them during
+the search, on any storage (notes live in the database). The PNG curves need a browser to
+draw (kaleido), so ``report`` and ``dashboard`` attach them instead.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,43 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from cifar_search.report import CURVES_FILENAME
+from cifar_search.config import HISTORY_KEYS
+from cifar_search.report import CURVES_FILENAME, markdown_table, structure_markdown
 from cifar_search.storage import STUDIES_DIR
 
 # optuna-dashboard lists, in a trial's view, the artifacts recorded on its study under this
 # prefix followed by "<trial id>:<artifact id>".
 DASHBOARD_TRIAL_ARTIFACT = "dashboard:artifacts:{trial_id}:"
+
+
+# A note's generated part starts here; what a user wrote above it in the dashboard is kept.
+GENERATED = "<!-- written by cifar-search after every trial; text above this line is kept -->"
+
+
+def _with_generated(note: str, generated: str) -> str:
+    own = note.split(GENERATED, 1)[0].rstrip()
+    return f"{own}\n\n{GENERATED}\n\n{generated}".lstrip()
+
+
+def curves_markdown(history: dict[str, list[float]]) -> str:
+    """A trial's per-epoch curves (``history`` user attribute) as a Markdown table."""
+    keys = [k for k in (*HISTORY_KEYS, "seconds") if history.get(k)]
+    epochs = max((len(history[k]) for k in keys), default=0)
+    rows = [[str(epoch + 1), *(f"{history[k][epoch]:.4f}" if epoch < len(history[k]) else "-"
+                               for k in keys)] for epoch in range(epochs)]
+    return markdown_table(["epoch", *keys], rows) if rows else "No epoch finished."
+
+
+def write_notes(study: optuna.Study, trial: optuna.Trial,
+                history: dict[str, list[float]]) -> None:
+    """Write finished ``trial``'s curves (its ``history``) as its note and the study's
+    comparison and analysis as the study's note (replacing what this function wrote before,
+    keeping the rest)."""
+    from optuna_dashboard import get_note, save_note
+
+    curves = curves_markdown(history)
+    save_note(trial, _with_generated(get_note(trial), f"### Curves\n\n{curves}"))
+    save_note(study, _with_generated(get_note(study), structure_markdown(study)))
 
 
 def artifact_store(study_name: str) -> FileSystemArtifactStore:

@@ -50,6 +50,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown (GitHub-flavoured) table, as optuna-dashboard's notes render it."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |"
+                     for line in lines)
+
+
 def status_table(study: optuna.Study) -> str:
     """A table of every trial: state, configuration, best validation accuracy, epochs, time."""
     trials = study.get_trials(deepcopy=False)
@@ -295,6 +302,15 @@ def structure_text(study: optuna.Study) -> str:
     header, cells = _structure_cells(rows)
     table = _table(header, cells) if cells else "No finished trial yet."
     return f"{table}\n\n{analysis(study, rows)}\n† Test-set numbers: {TEST_NOTE}."
+
+
+def structure_markdown(study: optuna.Study) -> str:
+    """The structure comparison and analysis in Markdown: the study's note in the dashboard."""
+    rows = structure_rows(study)
+    header, cells = _structure_cells(rows)
+    table = markdown_table(header, cells) if cells else "No finished trial yet."
+    return (f"### Structures\n\n{table}\n\n### Analysis\n\n{analysis(study, rows)}\n\n"
+            f"† Test-set numbers: {TEST_NOTE}.")
 
 
 def _structure_section(rows: list[FamilyRow]) -> str:

@@ -319,6 +319,10 @@ def _train(ledger: Ledger, objective: Objective, trial_id: int, number: int, *,
     shown = "" if frozen.value is None else f", validation accuracy {frozen.value:.4f}"
     log(f"trial {number} {frozen.state.name.lower()}{shown}"
         f"{f' ({reason})' if reason else ''}; {summary_line(study)}")
+    from cifar_search.dashboard import write_notes  # Deferred: the supervisor needs none.
+
+    with ledger.lock():  # One writer at a time: a note is several rows.
+        write_notes(study, trial, frozen.user_attrs.get("history", {}))
 
 
 def _stale_logger(ledger: Ledger, log: Callable[[str], None]) -> Callable[[Retry], None]:

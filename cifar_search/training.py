@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cifar_search.config import TrainConfig
+from cifar_search.config import HISTORY_KEYS, TrainConfig
 from cifar_search.data import to_one_hot
 from cifar_search.model import build_cnn
 
@@ -26,7 +26,6 @@ EVAL_BATCH_SIZE = 1000
 # CIFAR-10's mean colour. Not a tensor here: importing this module must not start TensorFlow's
 # runtime (a search's supervisor imports it, then forks trial processes).
 CUTOUT_FILL = (125, 123, 114)
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 class HistoryRecorder(keras.callbacks.Callback):

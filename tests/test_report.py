@@ -15,7 +15,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from cifar_search import plots
-from cifar_search.dashboard import DASHBOARD_TRIAL_ARTIFACT
+from cifar_search.dashboard import DASHBOARD_TRIAL_ARTIFACT, GENERATED, _with_generated
 from cifar_search.report import TEST_NOTE, analysis, structure_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -246,3 +246,27 @@ def test_final_curves_show_every_seed_of_a_repeated_finalize():
     tests = [t for t in figure.data if t.legendgroup == "test"]
     assert [list(t.y) for t in tests] == [[1.6, 1.55], [0.45, 0.47]]
     assert sum(t.showlegend for t in figure.data) == 2  # One train entry, one test entry.
+
+
+def test_the_search_writes_each_trial_curves_and_the_analysis_as_dashboard_notes(reported):
+    """The dashboard shows them while the search runs: the workers wrote them, not report."""
+    from optuna_dashboard import get_note
+
+    study = load(reported[0], REPORTED)
+    for frozen in study.get_trials():
+        history = frozen.user_attrs["history"]
+        note = get_note(optuna.Trial(study, frozen._trial_id))
+        rows = [line for line in note.splitlines() if re.match(r"\| \d+ \|", line)]
+        assert len(rows) == len(history["val_accuracy"])
+        assert rows[-1].split(" | ")[4] == f"{history['val_accuracy'][-1]:.4f}"
+    note = get_note(study)
+    assert note.startswith(GENERATED)
+    assert analysis(study, structure_rows(study)) in note
+    assert TEST_NOTE in note
+
+
+def test_a_note_keeps_what_a_user_wrote_above_the_generated_part():
+    first = _with_generated("my remark", "table 1")
+    assert first == f"my remark\n\n{GENERATED}\n\ntable 1"
+    assert _with_generated(first, "table 2") == f"my remark\n\n{GENERATED}\n\ntable 2"
+    assert _with_generated("", "table") == f"{GENERATED}\n\ntable"
