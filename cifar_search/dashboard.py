@@ -4,7 +4,7 @@ attached to the trial, and the server.
 After every trial a worker writes that trial's per-epoch curves as its note and the study's
 structure comparison and analysis as the study's note, so the dashboard shows them during
 the search, on any storage (notes live in the database). The PNG curves need a browser to
-draw (kaleido), so ``report`` and ``dashboard`` attach them instead.
+draw (kaleido), so ``report`` attaches them instead.
 """
 
 from __future__ import annotations
