@@ -31,7 +31,6 @@ import json
 import os
 import socket
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cifar_search import storage
 from cifar_search.checkpoints import CheckpointStore
 from cifar_search.config import StudyConfig
-from cifar_search.errors import CifarSearchError, StudyLockedError
+from cifar_search.errors import CifarSearchError
 from cifar_search.storage import despite_schema_race, set_heartbeat, sqlite_path
 
 # Study attributes.
@@ -239,22 +238,16 @@ class StudyLock:
             yield
 
     def _flock(self, fd: int) -> None:
-        """Wait for the lock file as long as SQLite waits for its own lock, then give up in
-        one line: a process stopped while holding it (Ctrl-Z, SIGSTOP) would block us for
-        ever."""
-        deadline = time.monotonic() + storage.SQLITE_TIMEOUT_SECONDS
-        pause = 0.001
-        while True:
+        """Wait for the lock file as long as SQLite waits for its own lock."""
+        def take() -> bool:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return True
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StudyLockedError("the study's lock file",
-                                           storage.SQLITE_TIMEOUT_SECONDS,
-                                           str(self._file)) from None
-                time.sleep(pause)
-                pause = min(2 * pause, 0.02)
+                return False
+
+        assert self._file is not None
+        storage.wait_for_lock(take, "the study's lock file", self._file, max_pause=0.02)
 
 
 class Ledger:

@@ -212,23 +212,33 @@ def _switch_to_wal(engine: sqlalchemy.engine.Engine, path: Path) -> None:
     study together), SQLite refuses the switch at once with "database is locked", without
     waiting for the busy timeout, so the switch is retried for as long as that timeout.
     """
-    deadline = time.monotonic() + SQLITE_TIMEOUT_SECONDS
-    pause = 0.01
-    while True:
+    def switch() -> bool:
         with engine.connect() as conn:  # Outside a transaction: autocommit mode.
             dbapi = conn.connection.dbapi_connection
             assert dbapi is not None
             try:
                 dbapi.execute("PRAGMA journal_mode=WAL")
-                return
+                return True
             except sqlite3.OperationalError as exc:
                 if "database is locked" not in str(exc):
                     raise
-                if time.monotonic() >= deadline:
-                    raise StudyLockedError("the study's database", SQLITE_TIMEOUT_SECONDS,
-                                           str(path)) from exc
+                return False
+
+    wait_for_lock(switch, "the study's database", path, max_pause=0.5)
+
+
+def wait_for_lock(take: Callable[[], bool], what: str, path: Path, *,
+                  max_pause: float) -> None:
+    """Call ``take()`` until it gets a lock (returns True), pausing between tries, for as
+    long as SQLite waits for its own lock; then raise :class:`StudyLockedError` naming
+    ``what`` and ``path`` (a process stopped while holding it would block us for ever)."""
+    deadline = time.monotonic() + SQLITE_TIMEOUT_SECONDS
+    pause = 0.001
+    while not take():
+        if time.monotonic() >= deadline:
+            raise StudyLockedError(what, SQLITE_TIMEOUT_SECONDS, str(path))
         time.sleep(pause)
-        pause = min(2 * pause, 0.5)
+        pause = min(2 * pause, max_pause)
 
 
 def open_storage(url: str, *, create: bool = False,
