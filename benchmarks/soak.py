@@ -83,6 +83,8 @@ class Soak:
         self.logs: list[Path] = []
         self.faults: collections.Counter[str] = collections.Counter()
         self.refused: list[tuple[subprocess.Popen, Path]] = []
+        self.log_of: dict[int, Path] = {}
+        self.unstopped: list[str] = []
         self.env = {**os.environ, "CIFAR10_DIR": args.data_dir or os.environ.get("CIFAR10_DIR",
                                                                                  "")}
 
@@ -96,6 +98,7 @@ class Soak:
             proc = subprocess.Popen(command or self.command("--n-trials", "100000", *TINY),
                                     env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                     preexec_fn=_default_sigint)
+        self.log_of[proc.pid] = log
         return proc
 
     def alive(self) -> list[subprocess.Popen]:
@@ -161,6 +164,18 @@ class Soak:
             proc.wait()
             return False
 
+    @staticmethod
+    def stopped_in_time(worker: subprocess.Popen) -> bool:
+        """Whether ``worker`` exited within 120 s of SIGTERM (one that did not is stopped,
+        and the check says so)."""
+        try:
+            worker.wait(timeout=120)
+            return True
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+            return False
+
     def run(self) -> int:
         start = time.monotonic()
         self.top_up()  # K workers joining a new study at the same instant.
@@ -171,8 +186,8 @@ class Soak:
             self.top_up()
         for worker in self.alive():
             worker.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            worker.wait(timeout=120)
+        self.unstopped = [self.log_of[worker.pid].name for worker in self.workers
+                          if not self.stopped_in_time(worker)]
         time.sleep(3 * HEARTBEAT + 3)  # Stopped trial processes are stale by now.
         chaos_seconds = time.monotonic() - start
         ledger = open_ledger(self.name, self.args.storage)
@@ -238,6 +253,8 @@ class Soak:
              f"finalize exit codes {codes}"),
             ("workers with another heartbeat were refused", refused_ok,
              f"{len(self.refused)} refused"),
+            ("every worker stopped within 120 s of SIGTERM", not self.unstopped,
+             ", ".join(self.unstopped) or "all"),
             ("the last clean worker finished (exit 0)", last_code == 0, str(last_code)),
             ("no traceback in any worker's output", not traces, ", ".join(traces) or "none"),
         ]

@@ -107,9 +107,11 @@ class Forked:
         except BaseException:  # noqa: BLE001 (a child must never return into the parent's code)
             traceback.print_exc()
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            try:  # A Ctrl-C forwarded while the trials are done raises here, at the latest.
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
 
     def _reap(self, flags: int) -> int | None:
         if self.returncode is None:

@@ -222,10 +222,6 @@ class Interrupts:
         previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
-        except KeyboardInterrupt:
-            # The worker is leaving: another Ctrl-C must not cut its goodbye short.
-            previous = dict.fromkeys(previous, signal.SIG_IGN)
-            raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

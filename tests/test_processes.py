@@ -28,6 +28,27 @@ def test_forked_child_exception_is_exit_code_1_and_never_returns_into_the_parent
     assert "ValueError: boom" in capfd.readouterr().err
 
 
+def test_a_forked_child_interrupted_on_its_way_out_still_exits_with_its_code():
+    """A Ctrl-C forwarded just as a child's trials were done raised in its last flush and
+    skipped ``os._exit``: the child ran on in its copy of the parent's code."""
+    class InterruptedFlush:
+        def write(self, text: str) -> int:
+            return len(text)
+
+        def flush(self) -> None:
+            raise KeyboardInterrupt
+
+    def body() -> int:
+        sys.stdout = InterruptedFlush()
+        return 3
+
+    try:
+        child = Forked(body)
+    except KeyboardInterrupt:  # Only a child that escaped gets here.
+        os._exit(99)
+    assert child.wait() == 3
+
+
 def test_forked_child_runs_in_its_own_session():
     session = os.getsid(0)
     assert Forked(lambda: int(os.getsid(0) == session)).wait() == 0
