@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cifar_search.errors import EXIT_LOCKED, CifarSearchError, StudyLockedError
+from cifar_search.interrupts import Interrupts
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
 from cifar_search.presets import PRESETS
 from cifar_search.processes import DEFAULT_RECYCLE, drop_interrupt_reports
@@ -387,16 +388,22 @@ def _import_keras_quietly() -> None:
     TensorFlow prints a few C++ lines while it loads, before its log level applies, so those
     are dropped by pointing the stderr file descriptor at /dev/null during the import only.
     Only the commands that train call this: the others (and a search's supervisor) stay light.
+    A Ctrl-C or SIGTERM is acted on once the import is done: one raised inside TensorFlow's
+    import left it half-registered (a soak worker's traceback: "'TensorSpec' object has no
+    attribute '_type_spec'").
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+    interrupts = Interrupts()
     try:
-        import keras  # noqa: F401  (loads TensorFlow)
+        with interrupts.installed():
+            import keras  # noqa: F401  (loads TensorFlow)
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    interrupts.check()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,13 +8,11 @@ worker dies is the ledger's business (:mod:`cifar_search.ledger`); this module t
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -24,6 +22,7 @@ from optuna.trial import TrialState
 from cifar_search import data
 from cifar_search.config import StudyConfig
 from cifar_search.errors import CifarSearchError, StudyLockedError
+from cifar_search.interrupts import Interrupts
 from cifar_search.ledger import (
     FINISHED,
     Ledger,
@@ -190,41 +189,6 @@ def run_search(
     optimize(ledger, objective, n_trials=n_trials, max_trials=max_trials, timeout=timeout,
              sampler_seed=config.seed if sampler_seed is None else sampler_seed, log=log)
     return ledger.study
-
-
-class Interrupts:
-    """Ctrl-C and SIGTERM, acted on only where that is safe: the handler notes the signal
-    (:attr:`received`) and :meth:`check` raises KeyboardInterrupt.
-
-    A worker checks between trials and after every training or validation batch, so a signal
-    never lands inside a database write, a checkpoint or a finalizer. Raised there, it could
-    leave the worker's own pooled SQLite connection holding the write lock (its next write,
-    failing and re-queuing the trial, then waited out the busy timeout: seen in a fresh
-    clone's CI run), or be dropped by Python and not acted on until the trial ended.
-    """
-
-    def __init__(self) -> None:
-        self.received = False
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.received = True
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt if a signal came."""
-        if self.received:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # Signals reach the main thread only: leave them alone.
-            return
-        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
 
 class Heartbeat:

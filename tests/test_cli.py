@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -157,3 +159,27 @@ def test_no_preset_drops_the_default_but_keeps_named_presets(tmp_path, data_dir)
         "seed-baseline", *SMALL, cwd=tmp_path, data_dir=data_dir)
     (trial,) = load(tmp_path, "np").get_trials()  # The baseline equals it: not queued twice.
     assert trial.user_attrs["preset"] == "seed-baseline"
+
+
+def test_a_ctrl_c_while_tensorflow_loads_is_acted_on_once_it_has_loaded(tmp_path):
+    """A Ctrl-C inside TensorFlow's import left it half-registered: a soak worker died with
+    "'TensorSpec' object has no attribute '_type_spec'" instead of one line."""
+    script = tmp_path / "interrupted_import.py"
+    script.write_text(
+        "import signal, sys\n"
+        "from cifar_search import cli\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tensorflow.python.checkpoint.checkpoint':\n"
+        "            signal.raise_signal(signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "code = cli._guarded(lambda: cli._import_keras_quietly() or 0)\n"
+        "print('keras loaded' if 'keras.src.models' in sys.modules else 'keras cut short')\n"
+        "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert done.stdout.strip() == "keras loaded"
+    assert done.stderr.strip() == ("cifar-search: interrupted; the study is saved, run the "
+                                   "same command to resume")

@@ -26,6 +26,7 @@ from cifar_search import checkpoints, cli, storage
 from cifar_search import ledger as ledger_module
 from cifar_search.config import StudyConfig
 from cifar_search.errors import EXIT_LOCKED, CifarSearchError, StudyLockedError
+from cifar_search.interrupts import Interrupts
 from cifar_search.ledger import (
     DONE,
     MAX_RETRIES,
@@ -35,7 +36,6 @@ from cifar_search.ledger import (
     given_up,
     open_ledger,
 )
-from cifar_search.search import Interrupts
 
 PARAMS = {"optimizer": "adam", "learning_rate": 1e-3}
 
