@@ -162,7 +162,13 @@ def make_dataset(
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return batches.prefetch(tf.data.AUTOTUNE)
+    # No autotuning: its background thread sleeps with a doubling back-off (10 ms, 20 ms, ...)
+    # and each epoch's finished iterator waits for it to wake, which stalled every epoch
+    # boundary by up to 8 s (a third of the time) on TensorFlow 2.21 (PERFORMANCE.md,
+    # section 9). AUTOTUNE then means as many parallel calls as there are cores.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int,

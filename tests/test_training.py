@@ -69,6 +69,14 @@ def test_dataset_yields_uint8_batches_with_one_hot_labels():
     assert sorted(seen.tolist()) == sorted(labels.tolist())
 
 
+def test_datasets_do_not_autotune():
+    """tf.data's autotuner made every epoch boundary wait for its sleeping thread (up to 8 s)."""
+    labels = np.arange(50) % 10
+    for dataset in (training.make_dataset(_images(50), labels, 16, shuffle=True, flip=True),
+                    training.make_dataset(_images(50), labels, 16)):
+        assert dataset.options().autotune.enabled is False
+
+
 def test_short_training_learns_something(cifar_train):
     x, y = cifar_train
     config = TrainConfig(optimizer="adam", learning_rate=2e-3, batch_size=64, epochs=2,
