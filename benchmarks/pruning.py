@@ -6,34 +6,36 @@ time and the best validation accuracy. Extra arguments go to ``cifar-search sear
 a smoke run: ``--train-size 1000 --val-size 500 --max-epochs 2 --n-trials 3``).
 
 Replay mode (``--replay STUDY --storage URL``): a study run with ``--pruner none`` holds every
-trial's full curve; each curve is fed, epoch by epoch and in trial order, to the project's
-median and Hyperband pruners (the same objects ``search`` uses), which say where they would
-have stopped it. Same trials for every pruner, so the table shows the pruners' effect alone;
-what a live run adds is the sampler's reaction to pruned trials, which replay cannot show.
+trial's full curves; each trial's curve is fed, epoch by epoch and in trial order, to each
+candidate pruner (``--candidates``; by default the project's own median and Hyperband, the
+objects ``search`` builds), which says where it would have stopped it. Same trials for every
+pruner, so the table shows the pruners' effect alone; what a live run adds is the sampler's
+reaction to pruned trials, which replay cannot show.
 
 Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
-       python benchmarks/pruning.py --replay pruning-none \
-           --storage sqlite:///logs/pruning/pruning-none.db \
-           [--best-last | --orders 200 [--keep-first 2]] [--median-warmup 5 ...]
-           [--hyperband-min 3 ...]
+       python benchmarks/pruning.py --replay pruning-none-15 \
+           --storage sqlite:///docs/studies/pruning-none-15.db \
+           [--best-last | --orders 200 [--keep-first 2]] \
+           [--candidates median hyperband median-3 median-loss-5 percentile25-3 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from cifar_search import ledger, storage
+from cifar_search.config import StudyConfig
 from cifar_search.search import MEDIAN_STARTUP_TRIALS, make_pruner
 
 PRUNERS = ("none", "median", "hyperband")
@@ -70,32 +72,73 @@ def row_of(pruner: str, study: optuna.Study, seconds: float) -> Row:
     return Row(pruner, len(trials), pruned, epochs, seconds, study.best_value)
 
 
-def replay(pruner: str, source: optuna.Study, best_last: bool = False,
-           warmup: int | None = None, order: Sequence[int] | None = None,
-           min_resource: int | None = None) -> Row:
-    """Feed the finished curves of ``source`` (an unpruned study) to ``pruner``.
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A pruner to replay: its name in tables, how to build it for the study, what it judges
+    (validation accuracy, maximised, or validation loss, minimised)."""
+
+    name: str
+    build: Callable[[StudyConfig], optuna.pruners.BasePruner]
+    metric: str = "val_accuracy"
+
+
+_KIND_EPOCH = re.compile(r"(median|median-loss|percentile(\d+)|patient(\d+)-median|hyperband)"
+                         r"-(\d+)")
+
+
+def candidate(name: str) -> Candidate:
+    """``none``, ``median`` or ``hyperband`` (the project's own, as ``search`` builds them for
+    the study's budget), or KIND-EPOCH: ``median-5`` (the median pruner judging from epoch 5),
+    ``median-loss-5`` (the same on validation loss), ``percentile25-5`` (stops a trial below
+    the 25th percentile of the others: Optuna's ``PercentilePruner(75.0)``),
+    ``patient2-median-5`` (``PatientPruner`` with patience 2 around ``median-5``),
+    ``hyperband-3`` (Hyperband with its first rung at epoch 3). The median and percentile
+    pruners judge after ``MEDIAN_STARTUP_TRIALS`` trials, as the default does."""
+    if name in PRUNERS:
+        def project(config: StudyConfig) -> optuna.pruners.BasePruner:
+            return make_pruner(dataclasses.replace(config, pruner=name))
+        return Candidate(name, project)
+    match = _KIND_EPOCH.fullmatch(name)
+    if match is None:
+        raise ValueError(f"unknown candidate {name!r} (see candidate()'s docstring)")
+    kind, percentile, patience, epoch = match[1], match[2], match[3], int(match[4])
+
+    def percentile_pruner(value: float) -> optuna.pruners.BasePruner:
+        return optuna.pruners.PercentilePruner(value, n_startup_trials=MEDIAN_STARTUP_TRIALS,
+                                               n_warmup_steps=epoch)
+
+    if kind == "hyperband":
+        return Candidate(f"Hyperband, first rung epoch {epoch}",
+                         lambda c: optuna.pruners.HyperbandPruner(min_resource=epoch,
+                                                                  max_resource=c.max_epochs))
+    if percentile:  # Optuna's percentile keeps the top N%: stopping the bottom N% is 100 - N.
+        return Candidate(f"below the {percentile}th percentile from epoch {epoch}",
+                         lambda c: percentile_pruner(100.0 - float(percentile)))
+    if patience:
+        return Candidate(f"median from epoch {epoch}, patience {patience}",
+                         lambda c: optuna.pruners.PatientPruner(percentile_pruner(50.0),
+                                                                patience=int(patience)))
+    if kind == "median-loss":
+        return Candidate(f"median of validation loss from epoch {epoch}",
+                         lambda c: percentile_pruner(50.0), metric="val_loss")
+    return Candidate(f"median from epoch {epoch}", lambda c: percentile_pruner(50.0))
+
+
+def replay(chosen: Candidate, source: optuna.Study, best_last: bool = False,
+           order: Sequence[int] | None = None) -> Row:
+    """Feed the finished curves of ``source`` (an unpruned study) to ``chosen``.
 
     ``best_last`` moves the best trial to the end: would the pruner let it finish had the
     sampler found it late, rather than as the unprunable first (warm-start) trial?
     ``order`` replays the trials in that order instead (positions in the list of complete
-    trials). ``warmup`` (median only) makes the pruner judge from that epoch on instead of
-    the 3rd; ``min_resource`` (Hyperband only) makes its first rung that epoch instead of the
-    1st.
+    trials). The replay's study has the source's name, since Hyperband assigns brackets by
+    hashing the study's name and the trial's number.
     """
-    config = dataclasses.replace(ledger.frozen_config(source), pruner=pruner)
-    chosen = make_pruner(config)
-    if warmup is not None:
-        chosen = optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
-                                             n_warmup_steps=warmup)
-        pruner = f"median from epoch {warmup}"
-    if min_resource is not None:
-        chosen = optuna.pruners.HyperbandPruner(min_resource=min_resource,
-                                                max_resource=config.max_epochs)
-        pruner = f"hyperband from epoch {min_resource}"
-    # The live benchmark's study name: Hyperband assigns brackets by hashing name and number.
-    study = optuna.create_study(study_name=f"pruning-{config.pruner}", direction="maximize",
-                                pruner=chosen)
-    row = Row(pruner, 0, 0, 0, 0.0, float("-inf"))
+    pruner = chosen.build(ledger.frozen_config(source))
+    direction = "minimize" if chosen.metric == "val_loss" else "maximize"
+    study = optuna.create_study(study_name=source.study_name, direction=direction,
+                                pruner=pruner)
+    row = Row(chosen.name, 0, 0, 0, 0.0, float("-inf"))
     trials = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if best_last:
         best = source.best_trial.number
@@ -104,24 +147,26 @@ def replay(pruner: str, source: optuna.Study, best_last: bool = False,
         trials = [trials[i] for i in order]
     for frozen in trials:
         history = frozen.user_attrs["history"]
+        accuracy = max(history["val_accuracy"])
         trial = study.ask()
         row.trials += 1
-        for epoch, value in enumerate(history["val_accuracy"], start=1):
+        for epoch, value in enumerate(history[chosen.metric], start=1):
             trial.report(value, epoch)
             if trial.should_prune():
                 study.tell(trial, state=TrialState.PRUNED)
                 row.pruned += 1
-                row.stopped.append((frozen.number, epoch, max(history["val_accuracy"])))
+                row.stopped.append((frozen.number, epoch, accuracy))
                 break
         else:
-            study.tell(trial, max(history["val_accuracy"]))
-            row.best = max(row.best, max(history["val_accuracy"]))
+            study.tell(trial, min(history[chosen.metric]) if direction == "minimize"
+                       else accuracy)
+            row.best = max(row.best, accuracy)
         row.epochs += epoch
         row.seconds += sum(history["seconds"][:epoch])
     return row
 
 
-def shuffled(source: optuna.Study, candidates: list[dict[str, Any]], orders: int,
+def shuffled(source: optuna.Study, candidates: list[Candidate], orders: int,
              keep_first: int = 0, seed: int = 0) -> None:
     """Replay every candidate on the same ``orders`` random orders of the trials (the first
     ``keep_first`` stay first, as a warm start would); print how many epochs each saves and
@@ -138,12 +183,12 @@ def shuffled(source: optuna.Study, candidates: list[dict[str, Any]], orders: int
     print("| pruner | epochs saved: mean | min | max | best kept (within 0.5 points) | "
           "best lost: mean points | worst |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    none = replay("none", source)  # Every order trains the same epochs and finds the best.
-    for candidate in candidates:
-        rows = [replay(source=source, order=o, **candidate) for o in permutations]
+    none = replay(candidate("none"), source)  # Every order trains the same epochs.
+    for chosen in candidates:
+        rows = [replay(chosen, source, order=o) for o in permutations]
         saved = np.array([1 - r.epochs / none.epochs for r in rows])
         lost = np.array([100 * (none.best - r.best) for r in rows])
-        print(f"| {rows[0].pruner} | {100 * saved.mean():.0f}% | {100 * saved.min():.0f}% | "
+        print(f"| {chosen.name} | {100 * saved.mean():.0f}% | {100 * saved.min():.0f}% | "
               f"{100 * saved.max():.0f}% | {np.mean(lost <= 0.5):.0%} of {orders} | "
               f"{lost.mean():.2f} | {lost.max():.2f} |")
 
@@ -170,10 +215,10 @@ def main() -> None:
     parser.add_argument("--storage", help="storage URL of the --replay study")
     parser.add_argument("--best-last", action="store_true",
                         help="replay with the study's best trial moved to the end")
-    parser.add_argument("--median-warmup", type=int, nargs="*", default=[], metavar="EPOCH",
-                        help="also replay the median pruner judging from these epochs on")
-    parser.add_argument("--hyperband-min", type=int, nargs="*", default=[], metavar="EPOCH",
-                        help="also replay Hyperband with its first rung at these epochs")
+    parser.add_argument("--candidates", nargs="+", default=list(PRUNERS[1:]), metavar="NAME",
+                        help="pruners to replay: median, hyperband (the project's), or "
+                             "KIND-EPOCH such as median-5, median-loss-5, percentile25-3, "
+                             "patient2-median-3, hyperband-3")
     parser.add_argument("--orders", type=int, metavar="N",
                         help="replay on N random orders of the trials (seeded) and summarise")
     parser.add_argument("--keep-first", type=int, default=0, metavar="K",
@@ -184,14 +229,15 @@ def main() -> None:
         source = storage.load_study(args.replay, storage.open_storage(args.storage))
         if ledger.frozen_config(source).pruner != "none":
             parser.error(f"{args.replay!r} was pruned: replay needs full curves (--pruner none)")
-        candidates = ([{"pruner": p} for p in PRUNERS[1:]]
-                      + [{"pruner": "median", "warmup": w} for w in args.median_warmup]
-                      + [{"pruner": "hyperband", "min_resource": m} for m in args.hyperband_min])
+        try:
+            candidates = [candidate(name) for name in args.candidates]
+        except ValueError as error:
+            parser.error(str(error))
         if args.orders:
             shuffled(source, candidates, args.orders, args.keep_first)
             return
-        rows = [replay(source=source, best_last=args.best_last, **c)
-                for c in [{"pruner": "none"}, *candidates]]
+        rows = [replay(c, source, best_last=args.best_last)
+                for c in [candidate("none"), *candidates]]
         print_table(rows, "seconds in those epochs")
         return
     out = Path(args.out)

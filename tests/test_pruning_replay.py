@@ -6,32 +6,37 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 
 from cifar_search import ledger
 from cifar_search.config import StudyConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from pruning import replay
+from pruning import candidate, replay
 
 SLOW_STARTER = [0.2, 0.3, 0.35, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9]  # The best, at the end.
 STEADY = [0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.7, 0.7, 0.7, 0.7]
 STUCK = [0.1] * 10
 
 
-def unpruned_study(curves: list[list[float]]) -> optuna.Study:
+def unpruned_study(curves: list[list[float]],
+                   losses: list[list[float]] | None = None) -> optuna.Study:
+    """Trials with these validation accuracy curves (and losses: 1 - accuracy by default)."""
     study = optuna.create_study(direction="maximize")
     study.set_user_attr(ledger.CONFIG_ATTR, StudyConfig(max_epochs=10, pruner="none").to_dict())
-    for curve in curves:
+    for i, curve in enumerate(curves):
         trial = study.ask()
-        trial.set_user_attr("history", {"val_accuracy": curve, "seconds": [2.0] * len(curve)})
+        loss = losses[i] if losses else [1 - value for value in curve]
+        trial.set_user_attr("history", {"val_accuracy": curve, "val_loss": loss,
+                                        "seconds": [2.0] * len(curve)})
         study.tell(trial, max(curve))
     return study
 
 
 def test_median_replay_stops_lagging_trials_after_its_warm_up():
     source = unpruned_study([SLOW_STARTER, *[STEADY] * 4, STUCK, STUCK])
-    row = replay("median", source)
+    row = replay(candidate("median"), source)
     # 5 startup trials run in full; the stuck ones stop at the first step it judges (5 of 10).
     assert (row.trials, row.pruned, row.epochs) == (7, 2, 5 * 10 + 2 * 5)
     assert row.seconds == 2.0 * row.epochs
@@ -41,17 +46,56 @@ def test_median_replay_stops_lagging_trials_after_its_warm_up():
 
 def test_best_last_replay_shows_a_slow_starter_cut_short():
     source = unpruned_study([SLOW_STARTER, *[STEADY] * 5])
-    assert replay("median", source).best == 0.9  # First: a startup trial, never judged.
-    late = replay("median", source, best_last=True)
+    assert replay(candidate("median"), source).best == 0.9  # First: a startup trial, never judged.
+    late = replay(candidate("median"), source, best_last=True)
     assert late.best == 0.7
     assert late.stopped == [(0, 5, 0.9)]
     # Judging from epoch 7 on, the median pruner lets the slow starter finish.
-    waited = replay("median", source, best_last=True, warmup=7)
+    waited = replay(candidate("median-7"), source, best_last=True)
     assert waited.best == 0.9 and waited.pruner == "median from epoch 7"
 
 
 def test_replay_order_is_the_order_the_pruner_sees():
     source = unpruned_study([SLOW_STARTER, *[STEADY] * 5])
-    moved = replay("median", source, order=[1, 2, 3, 4, 5, 0])
+    moved = replay(candidate("median"), source, order=[1, 2, 3, 4, 5, 0])
     assert (moved.best, moved.stopped) == (0.7, [(0, 5, 0.9)])
-    assert replay("median", source, order=[0, 1, 2, 3, 4, 5]).best == 0.9
+    assert replay(candidate("median"), source, order=[0, 1, 2, 3, 4, 5]).best == 0.9
+
+
+def test_a_lower_percentile_stops_only_the_laggards():
+    spread = [[v + d for v in STEADY] for d in (-0.15, -0.05, 0.0, 0.05, 0.1)]  # 0.40-0.65
+    behind = [0.4, 0.5, 0.52, 0.6, 0.65, 0.7, 0.72, 0.74, 0.76, 0.78]  # At epoch 3: 0.52.
+    source = unpruned_study([*spread, behind, STUCK])
+    median = replay(candidate("median-3"), source)
+    lower = replay(candidate("percentile25-3"), source)
+    assert [(n, epoch) for n, epoch, _ in median.stopped] == [(5, 3), (6, 3)]
+    assert [(n, epoch) for n, epoch, _ in lower.stopped] == [(6, 3)]  # Over 0.50, the 25th.
+    assert lower.pruner == "below the 25th percentile from epoch 3"
+
+
+def test_patience_waits_while_a_trial_still_improves():
+    climbing = [0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.95]
+    falling = [0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    source = unpruned_study([*[STEADY] * 5, climbing, falling])
+    assert replay(candidate("median-3"), source).best == 0.7  # The climber is stopped at 3.
+    patient = replay(candidate("patient2-median-3"), source)
+    assert patient.best == 0.95
+    # Optuna's PatientPruner asks the median pruner only once a trial's best of the last
+    # 3 epochs is below its best before them: the falling trial, at epoch 4.
+    assert [(n, epoch) for n, epoch, _ in patient.stopped] == [(6, 4)]
+
+
+def test_the_loss_candidate_judges_the_loss_and_keeps_the_accuracy():
+    # Trial 5: behind on accuracy early, but its loss is already the lowest.
+    curve = [0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92]
+    losses = [[1 - v for v in STEADY]] * 5 + [[0.3] * 10]
+    source = unpruned_study([*[STEADY] * 5, curve], losses)
+    assert replay(candidate("median-3"), source).best == 0.7
+    on_loss = replay(candidate("median-loss-3"), source)
+    assert (on_loss.best, on_loss.pruned) == (0.92, 0)
+    assert on_loss.pruner == "median of validation loss from epoch 3"
+
+
+def test_an_unknown_candidate_is_refused():
+    with pytest.raises(ValueError, match="unknown candidate 'median-'"):
+        candidate("median-")
