@@ -2,9 +2,9 @@
 
 A leak of our own is caught in one process by what Python allocates (``tracemalloc``, which
 sees NumPy's arrays but not TensorFlow's C++ memory): 8 trials on 5,000 images, so that a
-float32 copy of the slice kept per trial would add 61 MB a trial. TensorFlow's own growth,
-10-20 MB per model and more after larger batches (docs/PERFORMANCE.md, section 7), is what
-the default, a forked process per trial, takes away: there the issue's bound, 100 MB of the
+float32 copy of the slice kept per trial would add 61 MB a trial. TensorFlow's own growth
+with every model trained in a process (docs/PERFORMANCE.md, section 7) is what the default,
+a forked process per trial, takes away: there the issue's bound, 100 MB of the
 process's memory above the second trial, holds at every trial.
 """
 
@@ -23,8 +23,8 @@ from memory import memory_per_trial
 
 
 def test_one_process_does_not_leak_our_own_memory(tmp_path, data_dir):
-    """The process's own memory grew by TensorFlow's share (185 MB over these trials once
-    their configurations changed), so that measure could not tell a leak of ours."""
+    """The process's own memory grows by TensorFlow's share, by an amount that depends on
+    which configurations the trials train, so that measure could not tell a leak of ours."""
     def traced_mb() -> float:
         gc.collect()
         return tracemalloc.get_traced_memory()[0] / 2**20
