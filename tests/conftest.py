@@ -4,9 +4,11 @@ beside the repo), the installed ``cifar-search`` command, and one small finalize
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -16,6 +18,7 @@ import sqlalchemy
 # The tests choose their storage themselves, whatever the caller's shell exported.
 os.environ.pop("CIFAR_SEARCH_STORAGE", None)
 REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "docs" / "studies"
 SHARED_COPY = REPO.parent / "shared" / "cifar10" / "cifar-10-batches-py"
 CLI = str(Path(sys.executable).with_name("cifar-search"))
 SMALL = ["--train-size", "1000", "--val-size", "500", "--max-epochs", "2"]
@@ -41,6 +44,37 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1 and lines[0].startswith("cifar-search: error: "), done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     return lines[0]
+
+
+@dataclass(frozen=True)
+class CommittedStudy:
+    """A row of the table in ``docs/studies/README.md``: what the docs say of a study."""
+
+    name: str
+    complete: int
+    best: float
+
+    @property
+    def path(self) -> Path:
+        return COMMITTED / f"{self.name}.db"
+
+
+def committed_studies() -> list[CommittedStudy]:
+    """The studies ``docs/studies/README.md`` lists (rows: study | ... | complete | best |)."""
+    rows = []
+    for line in (COMMITTED / "README.md").read_text().splitlines():
+        cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 3:
+            rows.append(CommittedStudy(cells[0], int(cells[-2]), float(cells[-1])))
+    return rows
+
+
+def copy_of(study: CommittedStudy, folder: Path) -> str:
+    """A storage URL of a copy of ``study`` in ``folder``: opening it may write (WAL files,
+    Optuna's schema check), and the committed file must stay as it is."""
+    target = folder / study.path.name
+    shutil.copyfile(study.path, target)
+    return f"sqlite:///{target}"
 
 
 def load(cwd: Path, name: str) -> optuna.Study:

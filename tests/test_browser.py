@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, REPORTED, one_line_error, run
+from conftest import CLI, REPORTED, committed_studies, copy_of, one_line_error, run
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -63,14 +64,13 @@ def wait_until_answers(url: str, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"the dashboard did not answer within {WAIT_SECONDS}s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module")
-def dashboard(reported, tmp_path_factory) -> Iterator[str]:
-    """``cifar-search dashboard`` on the reported study, on a free local port: its URL."""
-    cwd, _ = reported
+@contextlib.contextmanager
+def serving(args: list[str], cwd: Path) -> Iterator[str]:
+    """``cifar-search dashboard ARGS`` on a free local port, until the block ends: its URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("dashboard") / "dashboard.log"
+    log = cwd / "dashboard.log"
     with log.open("w") as out:
-        process = subprocess.Popen([CLI, "dashboard", "--study", REPORTED, "--port", str(port)],
+        process = subprocess.Popen([CLI, "dashboard", *args, "--port", str(port)],
                                    cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -79,6 +79,20 @@ def dashboard(reported, tmp_path_factory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def dashboard(reported) -> Iterator[str]:
+    """The dashboard on the reported study."""
+    with serving(["--study", REPORTED], reported[0]) as url:
+        yield url
+
+
+def study_id(dashboard: str, name: str) -> int:
+    with urllib.request.urlopen(f"{dashboard}/api/studies", timeout=10) as answer:
+        studies = json.load(answer)["study_summaries"]
+    (found,) = [s["study_id"] for s in studies if s["study_name"] == name]
+    return found
 
 
 def screenshot(chrome: webdriver.Chrome, path: Path) -> None:
@@ -117,18 +131,15 @@ def test_report_renders_offline(browser, reported, tmp_path):
 
 
 def test_dashboard_shows_the_study_its_trials_and_their_curves(browser, dashboard, tmp_path):
-    with urllib.request.urlopen(f"{dashboard}/api/studies", timeout=10) as answer:
-        studies = json.load(answer)["study_summaries"]
-    (study_id,) = [s["study_id"] for s in studies if s["study_name"] == REPORTED]
-
-    browser.get(f"{dashboard}/dashboard/studies/{study_id}")
+    number = study_id(dashboard, REPORTED)
+    browser.get(f"{dashboard}/dashboard/studies/{number}")
     wait_for(browser, lambda: REPORTED in body_text(browser) and rendered_plots(browser) >= 1)
     screenshot(browser, tmp_path / "dashboard-study.png")
 
-    browser.get(f"{dashboard}/dashboard/studies/{study_id}/trials")
+    browser.get(f"{dashboard}/dashboard/studies/{number}/trials")
     wait_for(browser, lambda: "3 Trials" in body_text(browser)
              and "trial-0-curves.png" in body_text(browser))
-    image = browser.find_element(By.CSS_SELECTOR, f"img[src*='/artifacts/{study_id}/']")
+    image = browser.find_element(By.CSS_SELECTOR, f"img[src*='/artifacts/{number}/']")
     wait_for(browser, lambda: browser.execute_script(
         "return arguments[0].complete && arguments[0].naturalWidth", image) == 1000)
     screenshot(browser, tmp_path / "dashboard-trial.png")
@@ -150,3 +161,22 @@ def test_dashboard_on_a_busy_port_says_so(reported):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"cifar-search: error: cannot serve on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize("study", committed_studies(), ids=lambda study: study.name)
+def test_dashboard_opens_a_committed_real_study(browser, study, tmp_path):
+    """What the README promises of a committed study: its trials, their curves as the
+    dashboard draws them from the reported epochs, and each trial's note of its epochs."""
+    with serving(["--study", study.name, "--storage", copy_of(study, tmp_path)],
+                 tmp_path) as url:
+        number = study_id(url, study.name)
+        browser.get(f"{url}/dashboard/studies/{number}")
+        wait_for(browser, lambda: study.name in body_text(browser)
+                 and rendered_plots(browser) >= 2)
+        screenshot(browser, tmp_path / "dashboard-study.png")
+
+        browser.get(f"{url}/dashboard/studies/{number}/trials")
+        wait_for(browser, lambda: "val_accuracy" in body_text(browser)
+                 and rendered_plots(browser) >= 1)
+        assert f"{study.best:.4f}" in body_text(browser) or str(study.best) in body_text(browser)
+        screenshot(browser, tmp_path / "dashboard-trials.png")
