@@ -28,11 +28,14 @@ DASHBOARD_TRIAL_ARTIFACT = "dashboard:artifacts:{trial_id}:"
 
 
 # A note's generated part starts here; what a user wrote above it in the dashboard is kept.
-GENERATED = "<!-- written by cifar-search after every trial; text above this line is kept -->"
+# A visible line: the dashboard shows an HTML comment as text.
+GENERATED = "*Written by cifar-search after every trial; text above this line is kept.*"
+# The marker of notes written before 2026-11-28, still in studies of that time.
+_EARLIER = "<!-- written by cifar-search after every trial; text above this line is kept -->"
 
 
 def _with_generated(note: str, generated: str) -> str:
-    own = note.split(GENERATED, 1)[0].rstrip()
+    own = note.split(GENERATED, 1)[0].split(_EARLIER, 1)[0].rstrip()
     return f"{own}\n\n{GENERATED}\n\n{generated}".lstrip()
 
 

