@@ -125,8 +125,9 @@ def _optuna_arm(arm: str, args: argparse.Namespace) -> None:
     else:
         sampler, pruner = optuna.samplers.RandomSampler(seed=args.seed), optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    objective = Objective(train, val, StudyConfig(max_epochs=MAX_EPOCHS, seed=args.seed),
-                          log=print)
+    # Training seeds as in the cifar-search arm's study (its --seed, 0); only the samplers'
+    # seeds change between repetitions.
+    objective = Objective(train, val, StudyConfig(max_epochs=MAX_EPOCHS), log=print)
     study.optimize(lambda trial: objective(trial, trial._trial_id, trial.number),
                    catch=(NonFiniteLossError,))
 
