@@ -162,10 +162,10 @@ def make_dataset(
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    # No autotuning: its background thread sleeps with a doubling back-off (10 ms, 20 ms, ...)
-    # and each epoch's finished iterator waits for it to wake, which stalled every epoch
-    # boundary by up to 8 s (a third of the time) on TensorFlow 2.21 (PERFORMANCE.md,
-    # section 9). AUTOTUNE then means as many parallel calls as there are cores.
+    # No autotuning: with it, epoch boundaries stalled by up to 11 s on TensorFlow 2.21 (13-18%
+    # of a 3-epoch run on the full split; most likely a finished iterator waiting for the
+    # autotuner's sleeping thread: PERFORMANCE.md, section 9). AUTOTUNE then means as many
+    # parallel calls as there are cores.
     options = tf.data.Options()
     options.autotune.enabled = False
     return batches.prefetch(tf.data.AUTOTUNE).with_options(options)

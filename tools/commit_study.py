@@ -11,6 +11,7 @@ Usage: python tools/commit_study.py SOURCE.db [--into docs/studies]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def copy_study(source: Path, into: Path) -> Path:
     target = into / source.name
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
-    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as reader:
-        writer = sqlite3.connect(partial)
+    writer = sqlite3.connect(partial)
+    with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as reader:
         reader.backup(writer)
     writer.execute(f"DELETE FROM {TABLE.name}")
     writer.commit()
