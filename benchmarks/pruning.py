@@ -16,19 +16,22 @@ Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
        python benchmarks/pruning.py --replay pruning-none-15 \
            --storage sqlite:///docs/studies/pruning-none-15.db \
            [--best-last | --orders 200 [--keep-first 2]] \
-           [--candidates median hyperband median-3 median-loss-5 percentile25-3 ...]
+           [--candidates median hyperband median-3 median-loss-5 percentile25-3 ...] \
+           [--short-runs logs/short-3.json ... --candidates screen3-half ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import optuna
@@ -75,13 +78,42 @@ def row_of(pruner: str, study: optuna.Study, seconds: float) -> Row:
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """A pruner to replay: its name in tables, how to build it for the study, what it judges
-    (validation accuracy, maximised, or validation loss, minimised)."""
+    (validation accuracy, maximised, or validation loss, minimised).
+
+    A screening candidate (``screen`` > 0) builds no pruner: it judges each trial on a short
+    run of ``screen`` epochs with a fitted schedule and keeps the top ``keep`` share.
+    """
 
     name: str
-    build: Callable[[StudyConfig], optuna.pruners.BasePruner]
+    build: Callable[[StudyConfig], optuna.pruners.BasePruner] | None
     metric: str = "val_accuracy"
+    screen: int = 0
+    keep: float = 1.0
 
 
+class ShortRun(NamedTuple):
+    """A trial's short run with its schedule fitted to the short budget
+    (``benchmarks/short_budgets.py``): final validation accuracy and seconds of training."""
+
+    accuracy: float
+    seconds: float
+
+
+# Short runs by their number of epochs, then by trial number.
+ShortRuns = Mapping[int, Mapping[int, ShortRun]]
+
+
+def read_short_runs(paths: Sequence[str]) -> dict[int, dict[int, ShortRun]]:
+    """The short runs written by ``benchmarks/short_budgets.py --out PATH``."""
+    runs: dict[int, dict[int, ShortRun]] = {}
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        runs[saved["epochs"]] = {t["number"]: ShortRun(t["short"], t["short_seconds"])
+                                 for t in saved["trials"]}
+    return runs
+
+
+_SCREEN = re.compile(r"screen(\d+)-(half|quarter)")
 _KIND_EPOCH = re.compile(r"(median|median-loss|percentile(\d+)|patient(\d+)-median|hyperband)"
                          r"-(\d+)")
 
@@ -93,7 +125,17 @@ def candidate(name: str) -> Candidate:
     the 25th percentile of the others: Optuna's ``PercentilePruner(75.0)``),
     ``patient2-median-5`` (``PatientPruner`` with patience 2 around ``median-5``),
     ``hyperband-3`` (Hyperband with its first rung at epoch 3). The median and percentile
-    pruners judge after ``MEDIAN_STARTUP_TRIALS`` trials, as the default does."""
+    pruners judge after ``MEDIAN_STARTUP_TRIALS`` trials, as the default does.
+
+    ``screen3-half`` and ``screen3-quarter``: every trial first trains a short run of 3
+    epochs with its schedule fitted to 3; after ``MEDIAN_STARTUP_TRIALS`` trials, a trial goes
+    on to its full budget (from scratch) only if its short run is at least the median, or in
+    the top quarter, of all earlier trials' short runs. Replaying one needs the short runs.
+    """
+    if (screen := _SCREEN.fullmatch(name)) is not None:
+        keep = {"half": 0.5, "quarter": 0.25}[screen[2]]
+        return Candidate(f"screen on {screen[1]} fitted epochs, keep the top {screen[2]}",
+                         None, screen=int(screen[1]), keep=keep)
     if name in PRUNERS:
         def project(config: StudyConfig) -> optuna.pruners.BasePruner:
             return make_pruner(dataclasses.replace(config, pruner=name))
@@ -124,27 +166,59 @@ def candidate(name: str) -> Candidate:
     return Candidate(f"median from epoch {epoch}", lambda c: percentile_pruner(50.0))
 
 
+def screen_replay(chosen: Candidate, trials: Sequence[optuna.trial.FrozenTrial],
+                  short: Mapping[int, ShortRun]) -> Row:
+    """Replay a screening candidate: each trial costs its short run, and its full run too if
+    it is kept (the full run's curve as the unpruned study recorded it)."""
+    row = Row(chosen.name, 0, 0, 0, 0.0, float("-inf"))
+    earlier: list[float] = []
+    for frozen in trials:
+        history = frozen.user_attrs["history"]
+        accuracy = max(history["val_accuracy"])
+        run = short[frozen.number]
+        kept = (len(earlier) < MEDIAN_STARTUP_TRIALS
+                or run.accuracy >= np.percentile(earlier, 100 * (1 - chosen.keep)))
+        earlier.append(run.accuracy)
+        row.trials += 1
+        row.epochs += chosen.screen
+        row.seconds += run.seconds
+        if kept:
+            row.epochs += len(history["val_accuracy"])
+            row.seconds += sum(history["seconds"])
+            row.best = max(row.best, accuracy)
+        else:
+            row.pruned += 1
+            row.stopped.append((frozen.number, chosen.screen, accuracy))
+    return row
+
+
 def replay(chosen: Candidate, source: optuna.Study, best_last: bool = False,
-           order: Sequence[int] | None = None) -> Row:
+           order: Sequence[int] | None = None, short_runs: ShortRuns | None = None) -> Row:
     """Feed the finished curves of ``source`` (an unpruned study) to ``chosen``.
 
     ``best_last`` moves the best trial to the end: would the pruner let it finish had the
     sampler found it late, rather than as the unprunable first (warm-start) trial?
     ``order`` replays the trials in that order instead (positions in the list of complete
     trials). The replay's study has the source's name, since Hyperband assigns brackets by
-    hashing the study's name and the trial's number.
+    hashing the study's name and the trial's number. A screening candidate needs
+    ``short_runs`` of its number of epochs.
     """
-    pruner = chosen.build(ledger.frozen_config(source))
-    direction = "minimize" if chosen.metric == "val_loss" else "maximize"
-    study = optuna.create_study(study_name=source.study_name, direction=direction,
-                                pruner=pruner)
-    row = Row(chosen.name, 0, 0, 0, 0.0, float("-inf"))
     trials = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if best_last:
         best = source.best_trial.number
         trials.sort(key=lambda t: t.number == best)
     if order is not None:
         trials = [trials[i] for i in order]
+    if chosen.build is None:
+        if not short_runs or chosen.screen not in short_runs:
+            raise ValueError(f"{chosen.name!r} needs the study's {chosen.screen}-epoch short "
+                             f"runs (benchmarks/short_budgets.py --epochs {chosen.screen})")
+        return screen_replay(chosen, trials, short_runs[chosen.screen])
+    pruner = chosen.build(ledger.frozen_config(source))
+    direction = "minimize" if chosen.metric == "val_loss" else "maximize"
+    study = optuna.create_study(study_name=source.study_name, direction=direction,
+                                pruner=pruner)
+    row = Row(chosen.name, 0, 0, 0, 0.0, float("-inf"))
     for frozen in trials:
         history = frozen.user_attrs["history"]
         accuracy = max(history["val_accuracy"])
@@ -167,7 +241,7 @@ def replay(chosen: Candidate, source: optuna.Study, best_last: bool = False,
 
 
 def shuffled(source: optuna.Study, candidates: list[Candidate], orders: int,
-             keep_first: int = 0, seed: int = 0) -> None:
+             keep_first: int = 0, seed: int = 0, short_runs: ShortRuns | None = None) -> None:
     """Replay every candidate on the same ``orders`` random orders of the trials (the first
     ``keep_first`` stay first, as a warm start would); print how many epochs each saves and
     how often it keeps the best within 0.5 points.
@@ -185,7 +259,7 @@ def shuffled(source: optuna.Study, candidates: list[Candidate], orders: int,
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     none = replay(candidate("none"), source)  # Every order trains the same epochs.
     for chosen in candidates:
-        rows = [replay(chosen, source, order=o) for o in permutations]
+        rows = [replay(chosen, source, order=o, short_runs=short_runs) for o in permutations]
         saved = np.array([1 - r.epochs / none.epochs for r in rows])
         lost = np.array([100 * (none.best - r.best) for r in rows])
         print(f"| {chosen.name} | {100 * saved.mean():.0f}% | {100 * saved.min():.0f}% | "
@@ -218,7 +292,10 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="+", default=list(PRUNERS[1:]), metavar="NAME",
                         help="pruners to replay: median, hyperband (the project's), or "
                              "KIND-EPOCH such as median-5, median-loss-5, percentile25-3, "
-                             "patient2-median-3, hyperband-3")
+                             "patient2-median-3, hyperband-3, screen3-half (with --short-runs)")
+    parser.add_argument("--short-runs", nargs="+", default=[], metavar="FILE",
+                        help="the study's short runs (benchmarks/short_budgets.py --out FILE), "
+                             "for the screening candidates")
     parser.add_argument("--orders", type=int, metavar="N",
                         help="replay on N random orders of the trials (seeded) and summarise")
     parser.add_argument("--keep-first", type=int, default=0, metavar="K",
@@ -229,14 +306,17 @@ def main() -> None:
         source = storage.load_study(args.replay, storage.open_storage(args.storage))
         if ledger.frozen_config(source).pruner != "none":
             parser.error(f"{args.replay!r} was pruned: replay needs full curves (--pruner none)")
+        short_runs = read_short_runs(args.short_runs)
         try:
             candidates = [candidate(name) for name in args.candidates]
+            for chosen in candidates:  # A screen without its short runs: refused at once.
+                replay(chosen, source, short_runs=short_runs)
         except ValueError as error:
             parser.error(str(error))
         if args.orders:
-            shuffled(source, candidates, args.orders, args.keep_first)
+            shuffled(source, candidates, args.orders, args.keep_first, short_runs=short_runs)
             return
-        rows = [replay(c, source, best_last=args.best_last)
+        rows = [replay(c, source, best_last=args.best_last, short_runs=short_runs)
                 for c in [candidate("none"), *candidates]]
         print_table(rows, "seconds in those epochs")
         return

@@ -44,6 +44,7 @@ class Trial:
     full: float  # Best validation accuracy of the full-budget run.
     at_epoch: float  # The full run's validation accuracy at epoch E.
     short: float | None = None  # Final validation accuracy of the E-epoch run.
+    short_seconds: float | None = None  # Its training time (epochs only).
 
 
 def agreement(trials: list[Trial], key: str) -> str:
@@ -83,9 +84,12 @@ def main() -> None:
         recorder = training.HistoryRecorder(f"trial {frozen.number}", args.epochs, print)
         training.train(short, train_data, val_data, callbacks=[recorder])
         trial.short = recorder.history["val_accuracy"][-1]
+        trial.short_seconds = sum(recorder.history["seconds"])
         trials.append(trial)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps([dataclasses.asdict(t) for t in trials], indent=1))
+        Path(args.out).write_text(json.dumps(  # Read by benchmarks/pruning.py --short-runs.
+            {"study": args.study, "epochs": args.epochs,
+             "trials": [dataclasses.asdict(t) for t in trials]}, indent=1))
 
     print(f"\n{args.study}: {len(trials)} complete trials, short runs of {args.epochs} epochs\n")
     print(f"| trial | full budget: best val acc | full run at epoch {args.epochs} | "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from cifar_search.config import StudyConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from pruning import candidate, replay
+from pruning import ShortRun, candidate, read_short_runs, replay
 
 SLOW_STARTER = [0.2, 0.3, 0.35, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9]  # The best, at the end.
 STEADY = [0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.7, 0.7, 0.7, 0.7]
@@ -99,3 +100,36 @@ def test_the_loss_candidate_judges_the_loss_and_keeps_the_accuracy():
 def test_an_unknown_candidate_is_refused():
     with pytest.raises(ValueError, match="unknown candidate 'median-'"):
         candidate("median-")
+
+
+def test_a_screen_keeps_trials_whose_short_run_is_good_enough():
+    # Trial 6 is the best in full but starts slowly; its short run says so.
+    source = unpruned_study([*[STEADY] * 5, STUCK, SLOW_STARTER, STEADY])
+    short = {3: {0: ShortRun(0.5, 9.0), 1: ShortRun(0.55, 9.0), 2: ShortRun(0.6, 9.0),
+                 3: ShortRun(0.65, 9.0), 4: ShortRun(0.7, 9.0), 5: ShortRun(0.1, 9.0),
+                 6: ShortRun(0.75, 9.0), 7: ShortRun(0.58, 9.0)}}
+    half = replay(candidate("screen3-half"), source, short_runs=short)
+    # The first five are kept; 5 is below the median of 0.5-0.7 (0.6); 6 is above the
+    # median of six (0.575); 7 (0.58) is below that of seven (0.6).
+    assert [(n, epoch) for n, epoch, _ in half.stopped] == [(5, 3), (7, 3)]
+    assert (half.trials, half.pruned, half.best) == (8, 2, 0.9)
+    assert half.epochs == 8 * 3 + 6 * 10 and half.seconds == 8 * 9.0 + 6 * 20.0
+    quarter = replay(candidate("screen3-quarter"), source, short_runs=short)
+    assert [n for n, _, _ in quarter.stopped] == [5, 7] and quarter.best == 0.9
+    assert quarter.pruner == "screen on 3 fitted epochs, keep the top quarter"
+    # Stricter than the median: kept only from the 75th percentile of the earlier ones.
+    short[3][7] = ShortRun(0.61, 9.0)
+    assert [n for n, _, _ in replay(candidate("screen3-half"), source,
+                                    short_runs=short).stopped] == [5]
+    assert [n for n, _, _ in replay(candidate("screen3-quarter"), source,
+                                    short_runs=short).stopped] == [5, 7]
+
+
+def test_a_screen_needs_its_short_runs(tmp_path):
+    source = unpruned_study([STEADY])
+    with pytest.raises(ValueError, match="3-epoch short runs"):
+        replay(candidate("screen3-half"), source, short_runs={2: {0: ShortRun(0.5, 1.0)}})
+    saved = tmp_path / "short.json"
+    saved.write_text(json.dumps({"study": "s", "epochs": 2, "trials": [
+        {"number": 0, "full": 0.7, "at_epoch": 0.5, "short": 0.6, "short_seconds": 4.0}]}))
+    assert read_short_runs([str(saved)]) == {2: {0: ShortRun(0.6, 4.0)}}
