@@ -12,7 +12,9 @@ the short run's final validation accuracy. For each it prints Spearman's rank co
 how many of the full budget's top 3 are in its top 3 and top 5.
 
 Each short run is one ``training.train`` in this process, in trial order; the results go to
-``--out`` as JSON as they come, so a stopped run keeps what it has.
+``--out`` as JSON as they come, so a stopped run keeps what it has, and a later run with the
+same ``--out`` (same study and epochs) retrains only the trials that file does not hold yet:
+short runs can follow a study that is still running, across sessions.
 
 Usage: python benchmarks/short_budgets.py --study pruning-none-15 \
            --storage sqlite:///studies/pruning-none-15.db [--epochs 3] [--out FILE]
@@ -56,6 +58,17 @@ def agreement(trials: list[Trial], key: str) -> str:
     return f"Spearman {rho:+.2f}; full top 3 in its top 3: {in_top[0]}, in its top 5: {in_top[1]}"
 
 
+def done_before(out: Path, study: str, epochs: int) -> list[Trial]:
+    """The short runs an earlier run wrote to ``out`` for this study and budget."""
+    if not out.exists():
+        return []
+    earlier = json.loads(out.read_text())
+    if (earlier["study"], earlier["epochs"]) != (study, epochs):
+        raise SystemExit(f"{out} holds short runs of {earlier['study']!r} with "
+                         f"{earlier['epochs']} epochs; give another --out")
+    return [Trial(**t) for t in earlier["trials"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True)
@@ -75,8 +88,11 @@ def main() -> None:
     train_data = images[train_idx], labels[train_idx]
     val_data = images[val_idx], labels[val_idx]
 
-    trials = []
+    trials = done_before(Path(args.out), args.study, args.epochs)
+    done = {t.number for t in trials}
     for frozen in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if frozen.number in done:
+            continue
         curve = frozen.user_attrs["history"]["val_accuracy"]
         trial = Trial(frozen.number, max(curve), curve[args.epochs - 1])
         short = TrainConfig.from_dict(frozen.user_attrs["train_config"]).replace(

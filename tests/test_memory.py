@@ -3,9 +3,9 @@
 A leak of our own is caught in one process by what Python allocates (``tracemalloc``, which
 sees NumPy's arrays but not TensorFlow's C++ memory): 5 trials on 5,000 images, so that a
 float32 copy of the slice kept per trial would add 61 MB a trial: 128 MB between the third
-trial's start and the end of the run when one was injected (a throwaway check). TensorFlow's own growth
-with every model trained in a process (docs/PERFORMANCE.md, section 7) is what the default,
-a forked process per trial, takes away: there the issue's bound, 100 MB of the
+trial's start and the end of the run when one was injected (a throwaway check). TensorFlow's
+own growth with every model trained in a process (docs/PERFORMANCE.md, section 7) is what
+the default, a forked process per trial, takes away: there the issue's bound, 100 MB of the
 process's memory above the second trial, holds at every trial.
 """
 

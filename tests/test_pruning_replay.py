@@ -15,6 +15,7 @@ from cifar_search.config import StudyConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from pruning import ShortRun, candidate, read_short_runs, replay
+from short_budgets import Trial, done_before
 
 SLOW_STARTER = [0.2, 0.3, 0.35, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9]  # The best, at the end.
 STEADY = [0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.7, 0.7, 0.7, 0.7]
@@ -133,3 +134,13 @@ def test_a_screen_needs_its_short_runs(tmp_path):
     saved.write_text(json.dumps({"study": "s", "epochs": 2, "trials": [
         {"number": 0, "full": 0.7, "at_epoch": 0.5, "short": 0.6, "short_seconds": 4.0}]}))
     assert read_short_runs([str(saved)]) == {2: {0: ShortRun(0.6, 4.0)}}
+
+
+def test_short_budgets_keeps_earlier_short_runs_of_the_same_study_and_budget(tmp_path):
+    saved = tmp_path / "short.json"
+    assert done_before(saved, "s", 2) == []
+    saved.write_text(json.dumps({"study": "s", "epochs": 2, "trials": [
+        {"number": 0, "full": 0.7, "at_epoch": 0.5, "short": 0.6, "short_seconds": 4.0}]}))
+    assert done_before(saved, "s", 2) == [Trial(0, 0.7, 0.5, 0.6, 4.0)]
+    with pytest.raises(SystemExit, match="with 2 epochs"):
+        done_before(saved, "s", 3)
