@@ -319,34 +319,35 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
 
-    search = commands.add_parser(
-        "search", help="run or join a search (creates the study, or resumes it)",
-        description="Run trials until the study holds --n-trials finished trials. Settings "
-        "marked (frozen) are written into the study by its first run; later runs and other "
-        "workers read them and refuse a different value.")
-    _add_search(search)
-    search.set_defaults(func=cmd_search)
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
+                description: str | None = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=description)
+        sub.set_defaults(func=func)
+        return sub
 
-    workers = commands.add_parser(
-        "workers", help="run a search with K worker processes on this machine",
-        description="Start K 'cifar-search search' processes on the same study, each with "
-        "its share of the CPU cores, and wait for them. Ctrl-C stops them all; their "
-        "trials are re-queued.")
+    _add_search(command(
+        "search", cmd_search, "run or join a search (creates the study, or resumes it)",
+        "Run trials until the study holds --n-trials finished trials. Settings marked "
+        "(frozen) are written into the study by its first run; later runs and other workers "
+        "read them and refuse a different value."))
+
+    workers = command(
+        "workers", cmd_workers, "run a search with K worker processes on this machine",
+        "Start K 'cifar-search search' processes on the same study, each with its share of "
+        "the CPU cores, and wait for them. Ctrl-C stops them all; their trials are re-queued.")
     workers.add_argument("-k", "--processes", type=_positive, default=2,
                          help="number of worker processes (default: 2)")
     _add_search(workers)
-    workers.set_defaults(func=cmd_workers)
 
-    status = commands.add_parser("status", help="table of a study's trials")
-    _add_common(status)
-    status.set_defaults(func=cmd_status)
+    _add_common(command("status", cmd_status, "table of a study's trials"))
 
-    final = commands.add_parser(
-        "finalize", help="retrain the best trial on train+validation and evaluate on test once",
-        description="Retrain the best completed trial's configuration on all training images "
-        "(train + validation) for its best epoch count, then evaluate it once on the 10K test "
-        "set and record the result in the study. A second evaluation needs --force and is "
-        "recorded as well.")
+    final = command(
+        "finalize", cmd_finalize,
+        "retrain the best trial on train+validation and evaluate on test once",
+        "Retrain the best completed trial's configuration on all training images (train + "
+        "validation) for its best epoch count, then evaluate it once on the 10K test set and "
+        "record the result in the study. A second evaluation needs --force and is recorded "
+        "as well.")
     _add_common(final)
     _add_data(final)
     final.add_argument("--force", action="store_true",
@@ -356,29 +357,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "the spread (default: 1)")
     final.add_argument("--output-dir", help="where to save the model (default: "
                        "studies/<study>/)")
-    final.set_defaults(func=cmd_finalize)
 
-    rep = commands.add_parser(
-        "report", help="write an HTML report of a study (opens offline) and print its path",
-        description="Write index.html with the trial counts, a comparison of the structure "
-        "families against the seed's published numbers, a short analysis, learning curves "
-        "of the best trials and of the final model, and Optuna's views; PNGs of the curves "
-        "go beside it. Each finished trial's curves PNG is also attached to it for "
-        "'cifar-search dashboard' (once per trial). Needs Chrome or Chromium for the PNGs.")
+    rep = command(
+        "report", cmd_report, "write an HTML report of a study (opens offline) and print its path",
+        "Write index.html with the trial counts, a comparison of the structure families "
+        "against the seed's published numbers, a short analysis, learning curves of the best "
+        "trials and of the final model, and Optuna's views; PNGs of the curves go beside it. "
+        "Each finished trial's curves PNG is also attached to it for 'cifar-search dashboard' "
+        "(once per trial). Needs Chrome or Chromium for the PNGs.")
     _add_common(rep)
     rep.add_argument("--output", help="folder of the report (default: studies/<study>/report/)")
-    rep.set_defaults(func=cmd_report)
 
-    dash = commands.add_parser(
-        "dashboard", help="serve optuna-dashboard on the study's storage",
-        description="Serve optuna-dashboard on the study's storage, with the curves PNGs "
-        "that 'cifar-search report' attached to the trials (studies/<study>/artifacts/).")
+    dash = command(
+        "dashboard", cmd_dashboard, "serve optuna-dashboard on the study's storage",
+        "Serve optuna-dashboard on the study's storage, with the curves PNGs that "
+        "'cifar-search report' attached to the trials (studies/<study>/artifacts/).")
     _add_common(dash)
     dash.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default: 127.0.0.1, this machine only)")
     dash.add_argument("--port", type=_port, default=8080,
                       help="port to listen on (default: 8080)")
-    dash.set_defaults(func=cmd_dashboard)
     return parser
 
 
