@@ -11,7 +11,9 @@ random fault hits them:
 * ``join-together``: SIGTERM two supervisors and start two new ones at the same instant;
 * ``wrong-heartbeat``: a worker with another ``--heartbeat`` (refused: the study froze it).
 
-Then every worker is stopped (SIGTERM), a last clean worker finishes the study, two
+The faults start once a worker has made the study (workers killed while starting are
+covered by the replacements, which start while the faults go on). Then every worker is
+stopped (SIGTERM), a last clean worker finishes the study, two
 ``finalize`` run at once, and the invariants are checked and printed as a table; the exit
 code is 1 if any fails.
 
@@ -176,9 +178,20 @@ class Soak:
             worker.wait()
             return False
 
+    def wait_for_the_study(self, seconds: float = 600) -> None:
+        """Until a worker has made and frozen the study: on a loaded machine the workers can
+        take longer to start than a short soak lasts, which then had no study to check."""
+        deadline = time.monotonic() + seconds
+        while not self.frozen():
+            if time.monotonic() > deadline or not self.alive():
+                raise SystemExit(f"no worker made study {self.name} within {seconds:.0f} s; "
+                                 f"see the logs in {self.out}")
+            time.sleep(0.5)
+
     def run(self) -> int:
-        start = time.monotonic()
         self.top_up()  # K workers joining a new study at the same instant.
+        self.wait_for_the_study()
+        start = time.monotonic()
         end = start + 60 * self.args.minutes
         while time.monotonic() < end:
             time.sleep(self.rng.uniform(0.5, 1.5) * self.args.fault_every)

@@ -27,6 +27,19 @@ def test_a_short_soak_keeps_every_invariant(tmp_path, data_dir, storage_url):
     assert injected >= 10, done.stdout
 
 
+def test_faults_start_once_a_worker_has_made_the_study(tmp_path, data_dir):
+    """On a loaded machine every worker can still be importing TensorFlow when the faults
+    end: a CI run's soak then found no study to check ("no study named ..."). The faults
+    start when the study exists, so even a soak with no time for faults checks one."""
+    done = subprocess.run(
+        [sys.executable, str(SOAK), "--storage", f"sqlite:///{tmp_path}/s.db", "--workers", "1",
+         "--minutes", "0", "--seed", "1", "--out", str(tmp_path)],
+        env={**os.environ, "CIFAR10_DIR": str(data_dir)}, capture_output=True, text=True,
+        timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "**NO**" not in done.stdout
+
+
 def _soak_module():
     spec = importlib.util.spec_from_file_location("soak", SOAK)
     module = importlib.util.module_from_spec(spec)
