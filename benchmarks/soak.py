@@ -13,9 +13,8 @@ random fault hits them:
 
 The faults start once a worker has made the study (workers killed while starting are
 covered by the replacements, which start while the faults go on). Then every worker is
-stopped (SIGTERM), a last clean worker finishes the study, two
-``finalize`` run at once, and the invariants are checked and printed as a table; the exit
-code is 1 if any fails.
+stopped (SIGTERM), a last clean worker finishes the study, two ``finalize`` run at once, and
+the invariants are checked and printed as a table; the exit code is 1 if any fails.
 
 Usage: python benchmarks/soak.py --storage URL [--workers 6] [--minutes 30] [--seed 0]
        [--fault-every 15] [--out logs/soak]
