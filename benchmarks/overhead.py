@@ -17,6 +17,7 @@ import statistics
 
 import optuna
 
+from cifar_search.screening import seconds_trained
 from cifar_search.storage import default_url
 
 
@@ -24,12 +25,11 @@ def overheads(study: optuna.Study) -> list[tuple[int, str, int, float, float]]:
     """(trial, state, epochs, epoch seconds, seconds outside epochs) of each finished trial."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        history = trial.user_attrs.get("history")
-        if trial.duration is None or not history:
+        seconds = seconds_trained(trial.user_attrs)  # A screening run's epochs included.
+        if trial.duration is None or not seconds:
             continue
-        epochs = sum(history["seconds"])
-        rows.append((trial.number, trial.state.name, len(history["seconds"]), epochs,
-                     trial.duration.total_seconds() - epochs))
+        rows.append((trial.number, trial.state.name, len(seconds), sum(seconds),
+                     trial.duration.total_seconds() - sum(seconds)))
     return rows
 
 

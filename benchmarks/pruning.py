@@ -39,9 +39,10 @@ from optuna.trial import TrialState
 
 from cifar_search import ledger, storage
 from cifar_search.config import StudyConfig
+from cifar_search.screening import SCREEN_EPOCHS, SCREEN_KEEP, SCREEN_STEP, ScreenPruner
 from cifar_search.search import MEDIAN_STARTUP_TRIALS, make_pruner
 
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "screen", "median", "hyperband")
 
 
 @dataclasses.dataclass
@@ -119,10 +120,11 @@ _KIND_EPOCH = re.compile(r"(median|median-loss|percentile(\d+)|patient(\d+)-medi
 
 
 def candidate(name: str) -> Candidate:
-    """``none``, ``median`` or ``hyperband`` (the project's own, as ``search`` builds them for
-    the study's budget), or KIND-EPOCH: ``median-5`` (the median pruner judging from epoch 5),
-    ``median-loss-5`` (the same on validation loss), ``percentile25-5`` (stops a trial below
-    the 25th percentile of the others: Optuna's ``PercentilePruner(75.0)``),
+    """``none``, ``screen``, ``median`` or ``hyperband`` (the project's own, as ``search``
+    builds them for the study's budget), or KIND-EPOCH: ``median-5`` (the median pruner
+    judging from epoch 5), ``median-loss-5`` (the same on validation loss),
+    ``percentile25-5`` (stops a trial below the 25th percentile of the others: Optuna's
+    ``PercentilePruner(75.0)``),
     ``patient2-median-5`` (``PatientPruner`` with patience 2 around ``median-5``),
     ``hyperband-3`` (Hyperband with its first rung at epoch 3). The median and percentile
     pruners judge after ``MEDIAN_STARTUP_TRIALS`` trials, as the default does.
@@ -132,6 +134,9 @@ def candidate(name: str) -> Candidate:
     on to its full budget (from scratch) only if its short run is at least the median, or in
     the top quarter, of all earlier trials' short runs. Replaying one needs the short runs.
     """
+    if name == "screen":
+        return Candidate(f"screen (the project's: {SCREEN_EPOCHS} fitted epochs, keep the top "
+                         f"{SCREEN_KEEP:.0%})", None, screen=SCREEN_EPOCHS, keep=SCREEN_KEEP)
     if (screen := _SCREEN.fullmatch(name)) is not None:
         keep = {"half": 0.5, "quarter": 0.25}[screen[2]]
         return Candidate(f"screen on {screen[1]} fitted epochs, keep the top {screen[2]}",
@@ -168,27 +173,29 @@ def candidate(name: str) -> Candidate:
 
 def screen_replay(chosen: Candidate, trials: Sequence[optuna.trial.FrozenTrial],
                   short: Mapping[int, ShortRun]) -> Row:
-    """Replay a screening candidate: each trial costs its short run, and its full run too if
-    it is kept (the full run's curve as the unpruned study recorded it)."""
+    """Replay a screening candidate with the project's :class:`ScreenPruner`: each trial
+    reports its short run at the screening step and costs it, and its full run too if it is
+    kept (the full run's curve as the unpruned study recorded it)."""
+    study = optuna.create_study(direction="maximize", pruner=ScreenPruner(keep=chosen.keep))
     row = Row(chosen.name, 0, 0, 0, 0.0, float("-inf"))
-    earlier: list[float] = []
     for frozen in trials:
         history = frozen.user_attrs["history"]
         accuracy = max(history["val_accuracy"])
         run = short[frozen.number]
-        kept = (len(earlier) < MEDIAN_STARTUP_TRIALS
-                or run.accuracy >= np.percentile(earlier, 100 * (1 - chosen.keep)))
-        earlier.append(run.accuracy)
+        trial = study.ask()
+        trial.report(run.accuracy, SCREEN_STEP)
         row.trials += 1
         row.epochs += chosen.screen
         row.seconds += run.seconds
-        if kept:
+        if trial.should_prune():
+            study.tell(trial, state=TrialState.PRUNED)
+            row.pruned += 1
+            row.stopped.append((frozen.number, chosen.screen, accuracy))
+        else:
+            study.tell(trial, accuracy)
             row.epochs += len(history["val_accuracy"])
             row.seconds += sum(history["seconds"])
             row.best = max(row.best, accuracy)
-        else:
-            row.pruned += 1
-            row.stopped.append((frozen.number, chosen.screen, accuracy))
     return row
 
 
@@ -262,7 +269,7 @@ def shuffled(source: optuna.Study, candidates: list[Candidate], orders: int,
         rows = [replay(chosen, source, order=o, short_runs=short_runs) for o in permutations]
         saved = np.array([1 - r.epochs / none.epochs for r in rows])
         lost = np.array([100 * (none.best - r.best) for r in rows])
-        print(f"| {chosen.name} | {100 * saved.mean():.0f}% | {100 * saved.min():.0f}% | "
+        print(f"| {chosen.name} | {100 * saved.mean():.1f}% | {100 * saved.min():.0f}% | "
               f"{100 * saved.max():.0f}% | {np.mean(lost <= 0.5):.0%} of {orders} | "
               f"{lost.mean():.2f} | {lost.max():.2f} |")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import optuna
 
+from cifar_search.screening import SCREEN_ATTR
 from cifar_search.storage import default_url
 
 
@@ -46,7 +47,8 @@ def print_study(study: optuna.Study, target: float) -> None:
         val = history.get("val_accuracy", [])
         epoch = next((i for i, value in enumerate(val) if value >= target), None)
         if epoch is not None:
-            own = sum(history["seconds"][: epoch + 1])
+            screen = trial.user_attrs.get(SCREEN_ATTR, {}).get("seconds", [])
+            own = sum(screen) + sum(history["seconds"][: epoch + 1])
             since = (trial.datetime_start - start).total_seconds() + own
             print(f"| {trial.number} | {epoch + 1} | {val[epoch]:.2%} | {own:.0f} | {since:.0f} |")
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from cifar_search.errors import CifarSearchError
 from cifar_search.ledger import TestEvaluation
+from cifar_search.screening import epochs_trained
 from cifar_search.storage import study_url
 
 
@@ -37,7 +38,7 @@ class TrialRecord:
     state: str
     value: float | None
     best_epoch: int | None
-    epochs_run: int
+    epochs_run: int  # Every epoch it trained, a screening run's included.
     config: dict[str, Any]
     family: str | None
     worker: str | None
@@ -63,7 +64,7 @@ def _record(trial: Any) -> TrialRecord:
     return TrialRecord(
         number=trial.number, state=trial.state.name, value=trial.value,
         best_epoch=attrs.get("best_epoch"),
-        epochs_run=len(attrs.get("history", {}).get("val_accuracy", [])),
+        epochs_run=epochs_trained(attrs),
         config=dict(attrs.get("train_config", {})), family=attrs.get("family"),
         worker=attrs.get("worker"))
 

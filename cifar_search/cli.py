@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cifar_search.config import PRUNERS
 from cifar_search.errors import EXIT_LOCKED, CifarSearchError, StudyLockedError
 from cifar_search.interrupts import Interrupts
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
@@ -277,8 +278,10 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         "default: all)")
     parser.add_argument("--seed", type=int, help="seed of the train/validation split and of "
                         "training (frozen; default: 0)")
-    parser.add_argument("--pruner", choices=("median", "hyperband", "none"),
-                        help="stop lagging trials early (frozen; default: median)")
+    parser.add_argument("--pruner", choices=PRUNERS,
+                        help="stop lagging trials early: 'screen' judges each trial on a "
+                        "2-epoch run with its schedule fitted to 2 epochs, 'median' from half "
+                        "the epochs (frozen; default: median)")
     parser.add_argument("--layers", choices=("variants", "prescribed"),
                         help="'prescribed': search the recipe for the bare prescribed layers "
                         "only; 'variants': batch norm and dropout may be added (frozen; "

@@ -14,7 +14,7 @@ from cifar_search.errors import CifarSearchError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("screen", "median", "hyperband", "none")
 # "variants": batch norm and dropout may be searched; "prescribed": the bare layers only.
 LAYERS = ("variants", "prescribed")
 # The per-epoch curves a trial records (its "history" user attribute, with "seconds").

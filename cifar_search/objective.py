@@ -15,9 +15,9 @@ import keras
 import numpy as np
 import optuna
 
-from cifar_search import space, training
+from cifar_search import screening, space, training
 from cifar_search.checkpoints import CheckpointStore, config_hash
-from cifar_search.config import StudyConfig
+from cifar_search.config import StudyConfig, TrainConfig
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,6 +87,8 @@ class Objective:
                               variants=self.study_config.layers == "variants")
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("family", config.family)
+        if self.study_config.pruner == "screen" and screening.applies(config.epochs):
+            self._screen(trial, config, between_batches)
 
         model, start, history = self._resume(trial, trial_id, config.to_dict())
         if start:
@@ -115,6 +117,32 @@ class Objective:
         if reporter.pruned:
             raise optuna.TrialPruned(f"pruned after epoch {len(val)}")
         return float(val[best_epoch - 1])
+
+    def _screen(self, trial: optuna.Trial, config: TrainConfig,
+                between_batches: Callable[[], None] | None) -> None:
+        """Train the short run of :mod:`cifar_search.screening`, report it at its step and
+        prune the trial if it lags. A retry of a trial that passed reports it again."""
+        screen = trial.user_attrs.get(screening.SCREEN_ATTR)
+        if screen is not None:  # Kept before its worker died: not judged twice.
+            trial.report(screen["val_accuracy"][-1], screening.SCREEN_STEP)
+            return
+        epochs = screening.SCREEN_EPOCHS
+        self.log(f"trial {trial.number} screens on {epochs} epochs: {config.describe()}")
+        recorder = training.HistoryRecorder(f"trial {trial.number} screen", epochs, self.log)
+        callbacks: list[keras.callbacks.Callback] = [recorder]
+        if between_batches is not None:
+            callbacks.append(training.BatchHook(between_batches))
+        training.train(config.replace(epochs=epochs), self.train_data, self.val_data,
+                       callbacks=callbacks)
+        keras.backend.clear_session()  # The full run builds its own model.
+        gc.collect()
+        if recorder.non_finite:
+            raise NonFiniteLossError(f"{recorder.non_finite} of its screen")
+        trial.report(recorder.history["val_accuracy"][-1], screening.SCREEN_STEP)
+        pruned = trial.should_prune()
+        trial.set_user_attr(screening.SCREEN_ATTR, recorder.history)
+        if pruned:
+            raise optuna.TrialPruned(f"screened out after {epochs} epochs")
 
     def _resume(
         self, trial: optuna.Trial, trial_id: int, config: dict

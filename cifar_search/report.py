@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from cifar_search.config import TrainConfig
 from cifar_search.data import TEST_NOTE
 from cifar_search.ledger import DONE, Retry, evaluations, given_up
+from cifar_search.screening import epochs_trained, seconds_trained
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -37,7 +38,7 @@ def _row(trial: optuna.trial.FrozenTrial) -> list[str]:
         TrainConfig.from_dict(config).describe() if config else "-",
         f"{best:.4f}" if best is not None else "-",
         str(history.index(best) + 1) if best is not None else "-",
-        str(len(history)),
+        str(epochs_trained(attrs)),
         f"{duration:.0f}s" if duration is not None else "-",
     ]
 
@@ -136,7 +137,7 @@ def _median(values: list[float]) -> float | None:
 def _family_row(family: str, trials: list[optuna.trial.FrozenTrial]) -> FamilyRow:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     values = [accuracy(t) for t in complete]
-    seconds = [s for t in trials for s in t.user_attrs.get("history", {}).get("seconds", [])]
+    seconds = [s for t in trials for s in seconds_trained(t.user_attrs)]
     return FamilyRow(
         family=family,
         trials=len(trials),

@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from cifar_search import data
+from cifar_search import data, screening
 from cifar_search.config import StudyConfig
 from cifar_search.errors import CifarSearchError, StudyLockedError
 from cifar_search.interrupts import Interrupts
@@ -56,7 +56,10 @@ def median_warmup(max_epochs: int) -> int:
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """The study's pruner: median (after 5 trials, from half the epochs), Hyperband, or none."""
+    """The study's pruner: screening (:mod:`cifar_search.screening`, for budgets where it
+    pays), median (after 5 trials, from half the epochs), Hyperband, or none."""
+    if config.pruner == "screen" and screening.applies(config.max_epochs):
+        return screening.ScreenPruner()
     if config.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
                                            n_warmup_steps=median_warmup(config.max_epochs))

@@ -1,0 +1,79 @@
+"""Screening: judge a trial on a short run whose schedule fits the short budget.
+
+A pruner that judges epoch E of a run whose learning-rate schedule spans the whole budget sees
+a trial still at a high learning rate (batch-norm trials swing by 20-50 points there), so
+early judgements lose the best trials. A short run of ``SCREEN_EPOCHS`` epochs with its
+schedule fitted to them ends cooled, like a full run, and ranks trials closer to their
+full-budget result (docs/PERFORMANCE.md, section 5). So, with ``--pruner screen``, every trial
+first trains that short run; its final validation accuracy is reported at step 0. After
+``STARTUP_TRIALS`` screened trials, a trial whose short run is below the top ``SCREEN_KEEP``
+share of all the others' is pruned; a kept trial trains its full budget from scratch
+(reported at steps 1, 2, ...), so it costs ``SCREEN_EPOCHS`` more epochs than unscreened.
+
+The rule and its constants were chosen by the pruning replay of PERFORMANCE.md, section 5,
+with a rule written before the replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+# The short run's epochs, the share of trials kept, and how many trials are screened before
+# any is pruned (as the median pruner's startup trials).
+SCREEN_EPOCHS = 2
+SCREEN_KEEP = 0.25
+STARTUP_TRIALS = 5
+# The step at which a trial reports its short run (full-run epochs are reported from 1).
+SCREEN_STEP = 0
+# The trial's user attribute holding the short run's curves (as "history" holds the full run's).
+SCREEN_ATTR = "screen"
+
+
+def applies(max_epochs: int) -> bool:
+    """Whether screening pays for a budget: the short run must be well under half of it."""
+    return max_epochs > 2 * SCREEN_EPOCHS
+
+
+class ScreenPruner(optuna.pruners.BasePruner):
+    """Prunes a trial at ``SCREEN_STEP`` if its value there is below the top ``keep`` share of
+    the other trials' values there; never prunes at a later step.
+
+    Optuna's ``PercentilePruner`` compares with complete trials only; here every trial that
+    has been screened counts (pruned ones, and running ones on other workers), as the replay
+    measured. Failed trials do not: a failed trial's retry reports its screen again.
+    """
+
+    def __init__(self, keep: float = SCREEN_KEEP, n_startup_trials: int = STARTUP_TRIALS
+                 ) -> None:
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"keep must be in (0, 1], got {keep}")
+        self.keep, self.n_startup_trials = keep, n_startup_trials
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if trial.last_step != SCREEN_STEP:
+            return False
+        others = [t.intermediate_values[SCREEN_STEP]
+                  for t in study.get_trials(deepcopy=False, states=(
+                      TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+                  if t.number != trial.number and SCREEN_STEP in t.intermediate_values]
+        if len(others) < self.n_startup_trials:
+            return False
+        threshold = np.percentile(others, 100 * (1 - self.keep))
+        return bool(trial.intermediate_values[SCREEN_STEP] < threshold)
+
+
+def epochs_trained(user_attrs: Mapping[str, Any]) -> int:
+    """Every epoch a trial trained: its short run's, if screened, and its full run's."""
+    return sum(len(user_attrs.get(key, {}).get("val_accuracy", []))
+               for key in (SCREEN_ATTR, "history"))
+
+
+def seconds_trained(user_attrs: Mapping[str, Any]) -> list[float]:
+    """The seconds of every epoch a trial trained, short run first."""
+    return [s for key in (SCREEN_ATTR, "history") for s in user_attrs.get(key, {}).get(
+        "seconds", [])]

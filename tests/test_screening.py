@@ -1,0 +1,108 @@
+"""Screening (``--pruner screen``): the pruner's rule, and a live search on small real data."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cifar_search import api, screening
+from cifar_search.config import StudyConfig, TrainConfig
+from cifar_search.screening import SCREEN_STEP, ScreenPruner
+from cifar_search.search import make_pruner, run_search
+from cifar_search.space import params_of
+
+
+def screened(study: optuna.Study, value: float, state: TrialState = TrialState.COMPLETE
+             ) -> bool:
+    """Add a trial that reports ``value`` at the screening step; whether it is pruned."""
+    trial = study.ask()
+    trial.report(value, SCREEN_STEP)
+    pruned = trial.should_prune()
+    if state != TrialState.RUNNING:
+        study.tell(trial, value, state=state) if state == TrialState.COMPLETE else study.tell(
+            trial, state=state)
+    return pruned
+
+
+def test_the_first_five_are_kept_then_only_the_top_quarter():
+    study = optuna.create_study(direction="maximize", pruner=ScreenPruner())
+    assert [screened(study, v) for v in (0.1, 0.2, 0.3, 0.4, 0.5)] == [False] * 5
+    # The 75th percentile of 0.1-0.5 is 0.4: below it pruned, at it kept.
+    assert screened(study, 0.39, TrialState.PRUNED)
+    # Now six others (0.1-0.5 and the pruned 0.39): the 75th percentile is 0.3975.
+    assert not screened(study, 0.3975)
+    assert screened(study, 0.397, TrialState.PRUNED)
+
+
+def test_running_trials_count_and_failed_ones_do_not():
+    study = optuna.create_study(direction="maximize", pruner=ScreenPruner())
+    for value in (0.5, 0.6, 0.7, 0.8):
+        screened(study, value)
+    screened(study, 0.1, TrialState.FAIL)  # Its retry would report again: not counted.
+    assert not screened(study, 0.2, TrialState.RUNNING)  # Only 4 others: a startup trial.
+    # Five others now, the running one included; their 75th percentile is 0.7.
+    assert screened(study, 0.65, TrialState.PRUNED)
+
+
+def test_only_the_screening_step_is_judged():
+    study = optuna.create_study(direction="maximize", pruner=ScreenPruner())
+    for value in (0.5, 0.6, 0.7, 0.8, 0.9):
+        screened(study, value)
+    trial = study.ask()
+    trial.report(0.95, SCREEN_STEP)
+    assert not trial.should_prune()
+    trial.report(0.01, 1)  # The full run's first epoch: never pruned, however low.
+    assert not trial.should_prune()
+
+
+def test_screening_applies_only_where_it_pays():
+    assert isinstance(make_pruner(StudyConfig(pruner="screen", max_epochs=5)), ScreenPruner)
+    assert isinstance(make_pruner(StudyConfig(pruner="screen", max_epochs=4)),
+                      optuna.pruners.NopPruner)
+    with pytest.raises(ValueError, match="keep must be in"):
+        ScreenPruner(keep=0.0)
+
+
+def test_epochs_trained_counts_the_screen():
+    attrs = {"screen": {"val_accuracy": [0.1, 0.2], "seconds": [1.0, 2.0]},
+             "history": {"val_accuracy": [0.3] * 5, "seconds": [3.0] * 5}}
+    assert screening.epochs_trained(attrs) == 7
+    assert screening.seconds_trained(attrs) == [1.0, 2.0, *[3.0] * 5]
+    assert screening.epochs_trained({}) == 0
+
+
+def test_a_live_screen_prunes_the_laggard_and_a_retry_is_not_screened_again(tmp_path,
+                                                                            data_dir):
+    url = f"sqlite:///{tmp_path}/screen.db"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    # Trial 0 stands for the retry of a trial kept by its screen before its worker died: the
+    # ledger's retries carry the trial's user attributes.
+    kept = {"val_accuracy": [0.2, 0.31], "seconds": [1.0, 1.0]}
+    study.enqueue_trial(params_of(TrainConfig(optimizer="adam", learning_rate=1e-3)),
+                        user_attrs={"screen": kept})
+    for lr in (7e-4, 1e-3, 1.5e-3, 2e-3):
+        study.enqueue_trial(params_of(TrainConfig(optimizer="adam", learning_rate=lr,
+                                                  batch_size=64)))
+    # Five startup trials, then one outside the space on purpose (Optuna warns and uses it)
+    # that learns nothing in 2 epochs.
+    study.enqueue_trial(params_of(TrainConfig(optimizer="sgd", learning_rate=1e-7)))
+    lines: list[str] = []
+    given = {"train_size": 1500, "val_size": 300, "max_epochs": 5, "pruner": "screen"}
+    run_search("s", url, given=given, n_trials=6, data_dir=str(data_dir), presets=[],
+               enqueue_baseline=False, log=lines.append)
+
+    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5 + [TrialState.PRUNED]
+    assert trials[0].user_attrs["screen"] == kept
+    assert not any(line.startswith("trial 0 screen") for line in lines)
+    for trial in trials:
+        screen = trial.user_attrs["screen"]["val_accuracy"]
+        assert len(screen) == 2 and trial.intermediate_values[SCREEN_STEP] == screen[-1]
+    for trial in trials[:5]:  # Kept: the full budget, from scratch, reported from epoch 1.
+        assert len(trial.user_attrs["history"]["val_accuracy"]) == 5
+        assert sorted(trial.intermediate_values) == [SCREEN_STEP, 1, 2, 3, 4, 5]
+    assert "history" not in trials[5].user_attrs
+    assert any("trial 5 pruned" in line for line in lines)
+    records = api.results("s", storage=url).trials
+    assert [r.epochs_run for r in records] == [7] * 5 + [2]
