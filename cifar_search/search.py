@@ -184,6 +184,9 @@ def run_search(
         log(f"study {name!r}: {finished}/{n_trials} trials finished; training on "
             f"{len(train_idx)} images, validating on {len(val_idx)} (split seed "
             f"{config.seed}), up to {config.max_epochs} epochs per trial")
+        if config.pruner == "screen" and not screening.applies(config.max_epochs):
+            log(f"screening needs more than {2 * screening.SCREEN_EPOCHS} epochs per trial to "
+                f"pay: no trial of this study is pruned")
     from cifar_search.objective import Objective  # Deferred: starts Keras.
 
     objective = Objective((images[train_idx], labels[train_idx]),

@@ -106,3 +106,14 @@ def test_a_live_screen_prunes_the_laggard_and_a_retry_is_not_screened_again(tmp_
     assert any("trial 5 pruned" in line for line in lines)
     records = api.results("s", storage=url).trials
     assert [r.epochs_run for r in records] == [7] * 5 + [2]
+
+
+def test_a_budget_too_short_to_screen_trains_unscreened_and_says_so(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/short.db"
+    lines: list[str] = []
+    run_search("short", url, given={"train_size": 500, "val_size": 200, "max_epochs": 1,
+                                    "pruner": "screen"},
+               n_trials=1, data_dir=str(data_dir), presets=[], log=lines.append)
+    assert "no trial of this study is pruned" in lines[1]
+    trial = optuna.load_study(study_name="short", storage=url).trials[0]
+    assert "screen" not in trial.user_attrs and list(trial.intermediate_values) == [1]
