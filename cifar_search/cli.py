@@ -433,8 +433,9 @@ def _guarded(command: Callable[[], int]) -> int:
         print(f"cifar-search: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("cifar-search: interrupted; the study is saved, run the same command to resume",
-              file=sys.stderr)
+        # Said of every command, a search stopped before its study exists included.
+        print("cifar-search: interrupted; what was recorded is kept: run the same command to "
+              "go on", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

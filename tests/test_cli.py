@@ -181,5 +181,5 @@ def test_a_ctrl_c_while_tensorflow_loads_is_acted_on_once_it_has_loaded(tmp_path
                           timeout=300)
     assert done.returncode == 130, done.stdout + done.stderr
     assert done.stdout.strip() == "keras loaded"
-    assert done.stderr.strip() == ("cifar-search: interrupted; the study is saved, run the "
-                                   "same command to resume")
+    assert done.stderr.strip() == ("cifar-search: interrupted; what was recorded is kept: run "
+                                   "the same command to go on")
