@@ -279,9 +279,10 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the train/validation split and of "
                         "training (frozen; default: 0)")
     parser.add_argument("--pruner", choices=PRUNERS,
-                        help="stop lagging trials early: 'screen' judges each trial on a "
-                        "2-epoch run with its schedule fitted to 2 epochs, 'median' from half "
-                        "the epochs (frozen; default: median)")
+                        help="stop lagging trials early: 'screen' trains each trial 2 epochs "
+                        "with its schedule fitted to them first and goes on only with the top "
+                        "quarter (budgets over 4 epochs); 'median' judges from half the "
+                        "epochs (frozen; default: screen)")
     parser.add_argument("--layers", choices=("variants", "prescribed"),
                         help="'prescribed': search the recipe for the bare prescribed layers "
                         "only; 'variants': batch norm and dropout may be added (frozen; "

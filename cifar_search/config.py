@@ -107,7 +107,7 @@ class StudyConfig:
     max_epochs: int = 15
     train_size: int | None = None
     val_size: int | None = None
-    pruner: str = "median"
+    pruner: str = "screen"
     layers: str = "variants"
     # Seconds between a worker's heartbeats; a trial silent for three is failed and retried.
     # Frozen: workers that judged staleness differently would fail each other's live trials.

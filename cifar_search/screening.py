@@ -10,8 +10,9 @@ first trains that short run; its final validation accuracy is reported at step 0
 share of all the others' is pruned; a kept trial trains its full budget from scratch
 (reported at steps 1, 2, ...), so it costs ``SCREEN_EPOCHS`` more epochs than unscreened.
 
-The rule and its constants were chosen by the pruning replay of PERFORMANCE.md, section 5,
-with a rule written before the replay.
+It is the default pruner: of 14 candidates replayed on two unpruned studies (200 trial
+orders each), by a rule written before the replay, it saved the most epochs (39.6% and 33.0%)
+among those keeping the best within 0.5 points in 90% of the orders (98% and 100%).
 """
 
 from __future__ import annotations
