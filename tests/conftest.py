@@ -53,6 +53,7 @@ class CommittedStudy:
     name: str
     complete: int
     best: float
+    test: float | None  # The one look at the test set, if finalized (mean over its seeds).
 
     @property
     def path(self) -> Path:
@@ -60,12 +61,14 @@ class CommittedStudy:
 
 
 def committed_studies() -> list[CommittedStudy]:
-    """The studies ``docs/studies/README.md`` lists (rows: study | ... | complete | best |)."""
+    """The studies ``docs/studies/README.md`` lists (rows: study | ... | complete | best |
+    test |, the test accuracy "-" where not finalized)."""
     rows = []
     for line in (COMMITTED / "README.md").read_text().splitlines():
         cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
-        if line.startswith("| `") and len(cells) >= 3:
-            rows.append(CommittedStudy(cells[0], int(cells[-2]), float(cells[-1])))
+        if line.startswith("| `") and len(cells) >= 4:
+            test = None if cells[-1] == "-" else float(cells[-1])
+            rows.append(CommittedStudy(cells[0], int(cells[-3]), float(cells[-2]), test))
     return rows
 
 

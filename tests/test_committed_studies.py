@@ -9,6 +9,7 @@ import sqlalchemy
 from conftest import CommittedStudy, committed_studies, copy_of, run
 from optuna.trial import TrialState
 
+from cifar_search import ledger
 from cifar_search.checkpoints import TABLE
 
 STUDIES = committed_studies()
@@ -37,5 +38,11 @@ def test_a_committed_study_is_what_the_docs_say(study: CommittedStudy, tmp_path)
     complete = loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert len(complete) == study.complete
     assert round(loaded.best_value, 4) == study.best
+    looks = ledger.evaluations(loaded)
+    if study.test is None:
+        assert looks == []
+    else:  # Finalized once: the docs give that look's test accuracy.
+        assert [(look.status, look.forced) for look in looks] == [(ledger.DONE, False)]
+        assert round(looks[0].test_accuracy, 4) == study.test
     done = run("status", "--study", study.name, "--storage", url, cwd=tmp_path)
     assert f"{study.best:.4f}" in done.stdout, done.stdout
