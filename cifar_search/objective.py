@@ -87,7 +87,7 @@ class Objective:
                               variants=self.study_config.layers == "variants")
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("family", config.family)
-        if self.study_config.pruner == "screen" and screening.applies(config.epochs):
+        if screening.screens(self.study_config):
             self._screen(trial, config, between_batches)
 
         model, start, history = self._resume(trial, trial_id, config.to_dict())

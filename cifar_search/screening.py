@@ -24,6 +24,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from cifar_search.config import StudyConfig
+
 # The short run's epochs, the share of trials kept, and how many trials are screened before
 # any is pruned (as the median pruner's startup trials).
 SCREEN_EPOCHS = 2
@@ -35,9 +37,10 @@ SCREEN_STEP = 0
 SCREEN_ATTR = "screen"
 
 
-def applies(max_epochs: int) -> bool:
-    """Whether screening pays for a budget: the short run must be well under half of it."""
-    return max_epochs > 2 * SCREEN_EPOCHS
+def screens(config: StudyConfig) -> bool:
+    """Whether the study's trials are screened: its pruner is ``screen`` and its budget one
+    where screening pays (the short run well under half of it)."""
+    return config.pruner == "screen" and config.max_epochs > 2 * SCREEN_EPOCHS
 
 
 class ScreenPruner(optuna.pruners.BasePruner):

@@ -58,7 +58,7 @@ def median_warmup(max_epochs: int) -> int:
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """The study's pruner: screening (:mod:`cifar_search.screening`, for budgets where it
     pays), median (after 5 trials, from half the epochs), Hyperband, or none."""
-    if config.pruner == "screen" and screening.applies(config.max_epochs):
+    if screening.screens(config):
         return screening.ScreenPruner()
     if config.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
@@ -184,7 +184,7 @@ def run_search(
         log(f"study {name!r}: {finished}/{n_trials} trials finished; training on "
             f"{len(train_idx)} images, validating on {len(val_idx)} (split seed "
             f"{config.seed}), up to {config.max_epochs} epochs per trial")
-        if config.pruner == "screen" and not screening.applies(config.max_epochs):
+        if config.pruner == "screen" and not screening.screens(config):
             log(f"screening needs more than {2 * screening.SCREEN_EPOCHS} epochs per trial to "
                 f"pay: no trial of this study is pruned")
     from cifar_search.objective import Objective  # Deferred: starts Keras.

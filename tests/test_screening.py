@@ -20,8 +20,7 @@ def screened(study: optuna.Study, value: float, state: TrialState = TrialState.C
     trial.report(value, SCREEN_STEP)
     pruned = trial.should_prune()
     if state != TrialState.RUNNING:
-        study.tell(trial, value, state=state) if state == TrialState.COMPLETE else study.tell(
-            trial, state=state)
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     return pruned
 
 
