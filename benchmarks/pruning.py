@@ -39,7 +39,13 @@ from optuna.trial import TrialState
 
 from cifar_search import ledger, storage
 from cifar_search.config import StudyConfig
-from cifar_search.screening import SCREEN_EPOCHS, SCREEN_KEEP, SCREEN_STEP, ScreenPruner
+from cifar_search.screening import (
+    SCREEN_EPOCHS,
+    SCREEN_KEEP,
+    SCREEN_STEP,
+    STARTUP_TRIALS,
+    ScreenPruner,
+)
 from cifar_search.search import MEDIAN_STARTUP_TRIALS, make_pruner
 
 PRUNERS = ("none", "screen", "median", "hyperband")
@@ -90,6 +96,7 @@ class Candidate:
     metric: str = "val_accuracy"
     screen: int = 0
     keep: float = 1.0
+    startup: int = MEDIAN_STARTUP_TRIALS
 
 
 class ShortRun(NamedTuple):
@@ -114,7 +121,7 @@ def read_short_runs(paths: Sequence[str]) -> dict[int, dict[int, ShortRun]]:
     return runs
 
 
-_SCREEN = re.compile(r"screen(\d+)-(half|quarter)")
+_SCREEN = re.compile(r"screen(\d+)-(half|quarter)(?:-startup(\d+))?")
 _KIND_EPOCH = re.compile(r"(median|median-loss|percentile(\d+)|patient(\d+)-median|hyperband)"
                          r"-(\d+)")
 
@@ -133,14 +140,18 @@ def candidate(name: str) -> Candidate:
     epochs with its schedule fitted to 3; after ``MEDIAN_STARTUP_TRIALS`` trials, a trial goes
     on to its full budget (from scratch) only if its short run is at least the median, or in
     the top quarter, of all earlier trials' short runs. Replaying one needs the short runs.
+    ``screen2-quarter-startup2``: the same, judging from the third trial on.
     """
     if name == "screen":
         return Candidate(f"screen (the project's: {SCREEN_EPOCHS} fitted epochs, keep the top "
-                         f"{SCREEN_KEEP:.0%})", None, screen=SCREEN_EPOCHS, keep=SCREEN_KEEP)
+                         f"{SCREEN_KEEP:.0%}, {STARTUP_TRIALS} startup)", None,
+                         screen=SCREEN_EPOCHS, keep=SCREEN_KEEP, startup=STARTUP_TRIALS)
     if (screen := _SCREEN.fullmatch(name)) is not None:
         keep = {"half": 0.5, "quarter": 0.25}[screen[2]]
-        return Candidate(f"screen on {screen[1]} fitted epochs, keep the top {screen[2]}",
-                         None, screen=int(screen[1]), keep=keep)
+        startup = int(screen[3] or MEDIAN_STARTUP_TRIALS)
+        after = f", {startup} startup" if screen[3] else ""
+        return Candidate(f"screen on {screen[1]} fitted epochs, keep the top {screen[2]}{after}",
+                         None, screen=int(screen[1]), keep=keep, startup=startup)
     if name in PRUNERS:
         def project(config: StudyConfig) -> optuna.pruners.BasePruner:
             return make_pruner(dataclasses.replace(config, pruner=name))
@@ -176,7 +187,8 @@ def screen_replay(chosen: Candidate, trials: Sequence[optuna.trial.FrozenTrial],
     """Replay a screening candidate with the project's :class:`ScreenPruner`: each trial
     reports its short run at the screening step and costs it, and its full run too if it is
     kept (the full run's curve as the unpruned study recorded it)."""
-    study = optuna.create_study(direction="maximize", pruner=ScreenPruner(keep=chosen.keep))
+    pruner = ScreenPruner(keep=chosen.keep, n_startup_trials=chosen.startup)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
     row = Row(chosen.name, 0, 0, 0, 0.0, float("-inf"))
     for frozen in trials:
         history = frozen.user_attrs["history"]

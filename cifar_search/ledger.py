@@ -54,6 +54,9 @@ EVALUATIONS_ATTR = "test_evaluations"
 # Trial attributes.
 WORKER_ATTR = "worker"  # "host:pid" of the process that claimed the trial
 FAIL_REASON_ATTR = "fail_reason"  # set on a failure that must not be retried
+# Set on the trials a study queues by name, to be measured whatever they score early.
+PRESET_ATTR = "preset"  # the preset's name
+REFERENCE_ATTR = "reference"  # what it is the reference of ("seed baseline")
 FAILED_TRIAL_KEY = "failed_trial"  # Optuna's retry system attributes
 RETRY_HISTORY_KEY = "retry_history"
 

@@ -25,6 +25,8 @@ from cifar_search.errors import CifarSearchError, StudyLockedError
 from cifar_search.interrupts import Interrupts
 from cifar_search.ledger import (
     FINISHED,
+    PRESET_ATTR,
+    REFERENCE_ATTR,
     Ledger,
     Retry,
     counted,
@@ -139,9 +141,9 @@ def enqueue_warm_starts(ledger: Ledger, config: StudyConfig, *, first: bool,
     if presets is None:
         presets = [DEFAULT_PRESETS[config.layers]] if first else []
     for preset_name in presets:
-        ledger.enqueue(params_of(get_preset(preset_name).config), {"preset": preset_name})
+        ledger.enqueue(params_of(get_preset(preset_name).config), {PRESET_ATTR: preset_name})
     if first and baseline:
-        ledger.enqueue(BASELINE_PARAMS, {"reference": "seed baseline"})
+        ledger.enqueue(BASELINE_PARAMS, {REFERENCE_ATTR: "seed baseline"})
 
 
 def run_search(

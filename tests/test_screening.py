@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cifar_search import api, screening
+from cifar_search import api, ledger, screening
 from cifar_search.config import StudyConfig, TrainConfig
 from cifar_search.screening import SCREEN_STEP, ScreenPruner
 from cifar_search.search import make_pruner, run_search
@@ -24,30 +24,53 @@ def screened(study: optuna.Study, value: float, state: TrialState = TrialState.C
     return pruned
 
 
-def test_the_first_five_are_kept_then_only_the_top_quarter():
+def test_the_first_is_kept_then_only_the_top_quarter():
     study = optuna.create_study(direction="maximize", pruner=ScreenPruner())
+    assert not screened(study, 0.3)  # Nothing to compare with yet.
+    assert screened(study, 0.29, TrialState.PRUNED)  # One other: kept only at or above it.
+    assert not screened(study, 0.3)
+    # Others 0.3, 0.29, 0.3: their 75th percentile is 0.3.
+    assert screened(study, 0.2999, TrialState.PRUNED)
+    for value in (0.1, 0.5):
+        screened(study, value, TrialState.PRUNED)
+    # Others 0.1, 0.29, 0.2999, 0.3, 0.3, 0.5: the 75th percentile is 0.3.
+    assert not screened(study, 0.3)
+    assert screened(study, 0.299, TrialState.PRUNED)
+
+
+def test_the_startup_can_be_longer():
+    study = optuna.create_study(direction="maximize", pruner=ScreenPruner(n_startup_trials=5))
     assert [screened(study, v) for v in (0.1, 0.2, 0.3, 0.4, 0.5)] == [False] * 5
     # The 75th percentile of 0.1-0.5 is 0.4: below it pruned, at it kept.
     assert screened(study, 0.39, TrialState.PRUNED)
-    # Now six others (0.1-0.5 and the pruned 0.39): the 75th percentile is 0.3975.
     assert not screened(study, 0.3975)
-    assert screened(study, 0.397, TrialState.PRUNED)
 
 
 def test_running_trials_count_and_failed_ones_do_not():
     study = optuna.create_study(direction="maximize", pruner=ScreenPruner())
-    for value in (0.5, 0.6, 0.7, 0.8):
-        screened(study, value)
+    screened(study, 0.5)
     screened(study, 0.1, TrialState.FAIL)  # Its retry would report again: not counted.
-    assert not screened(study, 0.2, TrialState.RUNNING)  # Only 4 others: a startup trial.
-    # Five others now, the running one included; their 75th percentile is 0.7.
-    assert screened(study, 0.65, TrialState.PRUNED)
+    assert not screened(study, 0.9, TrialState.RUNNING)
+    # Others: 0.5 and the running 0.9 (not the failed 0.1); their 75th percentile is 0.8.
+    assert screened(study, 0.79, TrialState.PRUNED)
+    # Pruned ones count too: 0.5, 0.79, 0.9 give 0.845.
+    assert screened(study, 0.84, TrialState.PRUNED)
+
+
+@pytest.mark.parametrize("attr", [ledger.PRESET_ATTR, ledger.REFERENCE_ATTR])
+def test_a_trial_queued_by_name_is_never_pruned(attr):
+    study = optuna.create_study(direction="maximize", pruner=ScreenPruner())
+    screened(study, 0.8)
+    trial = study.ask()
+    trial.set_user_attr(attr, "seed baseline")
+    trial.report(0.1, SCREEN_STEP)
+    assert not trial.should_prune()
+    assert screened(study, 0.1, TrialState.PRUNED)  # The same, proposed by the sampler.
 
 
 def test_only_the_screening_step_is_judged():
     study = optuna.create_study(direction="maximize", pruner=ScreenPruner())
-    for value in (0.5, 0.6, 0.7, 0.8, 0.9):
-        screened(study, value)
+    screened(study, 0.9)
     trial = study.ask()
     trial.report(0.95, SCREEN_STEP)
     assert not trial.should_prune()
@@ -77,34 +100,33 @@ def test_a_live_screen_prunes_the_laggard_and_a_retry_is_not_screened_again(tmp_
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
     # Trial 0 stands for the retry of a trial kept by its screen before its worker died: the
     # ledger's retries carry the trial's user attributes.
-    kept = {"val_accuracy": [0.2, 0.31], "seconds": [1.0, 1.0]}
+    kept = {"val_accuracy": [0.1, 0.12], "seconds": [1.0, 1.0]}
     study.enqueue_trial(params_of(TrainConfig(optimizer="adam", learning_rate=1e-3)),
                         user_attrs={"screen": kept})
-    for lr in (7e-4, 1e-3, 1.5e-3, 2e-3):
-        study.enqueue_trial(params_of(TrainConfig(optimizer="adam", learning_rate=lr,
-                                                  batch_size=64)))
-    # Five startup trials, then one outside the space on purpose (Optuna warns and uses it)
-    # that learns nothing in 2 epochs.
+    # Judged against trial 0's screen alone: kept if it learns anything in 2 epochs.
+    study.enqueue_trial(params_of(TrainConfig(optimizer="adam", learning_rate=1e-3,
+                                              batch_size=64)))
+    # Outside the space on purpose (Optuna warns and uses it): learns nothing in 2 epochs.
     study.enqueue_trial(params_of(TrainConfig(optimizer="sgd", learning_rate=1e-7)))
     lines: list[str] = []
     given = {"train_size": 1500, "val_size": 300, "max_epochs": 5, "pruner": "screen"}
-    run_search("s", url, given=given, n_trials=6, data_dir=str(data_dir), presets=[],
+    run_search("s", url, given=given, n_trials=3, data_dir=str(data_dir), presets=[],
                enqueue_baseline=False, log=lines.append)
 
     trials = optuna.load_study(study_name="s", storage=url).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5 + [TrialState.PRUNED]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
     assert trials[0].user_attrs["screen"] == kept
     assert not any(line.startswith("trial 0 screen") for line in lines)
     for trial in trials:
         screen = trial.user_attrs["screen"]["val_accuracy"]
         assert len(screen) == 2 and trial.intermediate_values[SCREEN_STEP] == screen[-1]
-    for trial in trials[:5]:  # Kept: the full budget, from scratch, reported from epoch 1.
+    for trial in trials[:2]:  # Kept: the full budget, from scratch, reported from epoch 1.
         assert len(trial.user_attrs["history"]["val_accuracy"]) == 5
         assert sorted(trial.intermediate_values) == [SCREEN_STEP, 1, 2, 3, 4, 5]
-    assert "history" not in trials[5].user_attrs
-    assert any("trial 5 pruned" in line for line in lines)
+    assert "history" not in trials[2].user_attrs
+    assert any("trial 2 pruned" in line for line in lines)
     records = api.results("s", storage=url).trials
-    assert [r.epochs_run for r in records] == [7] * 5 + [2]
+    assert [r.epochs_run for r in records] == [7, 7, 2]
 
 
 def test_a_budget_too_short_to_screen_trains_unscreened_and_says_so(tmp_path, data_dir):
