@@ -126,6 +126,17 @@ def test_a_screen_keeps_trials_whose_short_run_is_good_enough():
                                     short_runs=short).stopped] == [5, 7]
 
 
+def test_a_screen_with_fewer_startup_trials_judges_sooner():
+    source = unpruned_study([STEADY] * 3)
+    short = {2: {0: ShortRun(0.5, 9.0), 1: ShortRun(0.45, 9.0), 2: ShortRun(0.48, 9.0)}}
+    assert replay(candidate("screen2-quarter"), source, short_runs=short).pruned == 0
+    sooner = replay(candidate("screen2-quarter-startup1"), source, short_runs=short)
+    # Trial 1 is below trial 0's short run; trial 2 below 0.45 + 0.75 * 0.05 = 0.4875.
+    assert [n for n, _, _ in sooner.stopped] == [1, 2]
+    assert sooner.pruner == "screen on 2 fitted epochs, keep the top quarter, 1 startup"
+    assert replay(candidate("screen"), source, short_runs=short).stopped == sooner.stopped
+
+
 def test_a_screen_needs_its_short_runs(tmp_path):
     source = unpruned_study([STEADY])
     with pytest.raises(ValueError, match="3-epoch short runs"):
