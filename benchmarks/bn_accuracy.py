@@ -6,9 +6,14 @@ Trains the ``bn-aug-adamw`` preset (or another) from the same seed once with
 validates both on the project's 10,000-image validation split (``data.split_indices``,
 seed 0), and prints each run's accuracies and seconds per epoch. The two compute the same
 mathematics, so the accuracies should be alike (float round-off differs, so not identical).
+Both train with the moving statistics only (``precise_bn=False``).
+
+A second table shows what those moving statistics cost: each fused run's model validated
+with them, then with statistics recomputed (:mod:`cifar_search.precise_bn`) on 256, 1,024
+(the default) and 10,240 of its training images.
 
 Usage: python benchmarks/bn_accuracy.py [--preset bn-aug-adamw] [--epochs 3] [--images 10000]
-       [--seeds 1]
+       [--seeds 1] [--learning-rate LR]
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ import statistics
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
+import numpy as np
 
-from cifar_search import data, presets, training
+from cifar_search import data, precise_bn, presets, training
 from cifar_search.layers import FusedBatchNormalization
 from cifar_search.model import build_cnn
 
+SAMPLES = (256, precise_bn.IMAGES, 10 * precise_bn.IMAGES)
 
-def run(config, layer, train_data, val_data) -> dict[str, list[float]]:
-    """The per-epoch history (curves and seconds) of one training run with ``layer``."""
+
+def run(config, layer, train_data, val_data) -> tuple[dict[str, list[float]], keras.Model]:
+    """The per-epoch history (curves and seconds) of one training run with ``layer``, and
+    its model."""
     keras.utils.set_random_seed(config.seed)  # As training.train does before building.
     model = build_cnn(batch_norm=True, dropout_conv=config.dropout_conv,
                       dropout_dense=config.dropout_dense, batch_norm_layer=layer)
@@ -40,7 +49,17 @@ def run(config, layer, train_data, val_data) -> dict[str, list[float]]:
     label = f"{layer.__name__} seed {config.seed}"
     recorder = training.HistoryRecorder(label, config.epochs, print)
     training.train(config, train_data, val_data, callbacks=[recorder], model=model)
-    return recorder.history
+    return recorder.history, model
+
+
+def recomputed(model: keras.Model, images: np.ndarray, val_data) -> list[float]:
+    """Validation accuracy with statistics recomputed on each of ``SAMPLES`` images."""
+    accuracies = []
+    for count in SAMPLES:
+        sample = np.random.default_rng(0).permutation(len(images))[:count]
+        precise_bn.recompute_statistics(model, images[np.sort(sample)])
+        accuracies.append(training.evaluate(model, val_data)["accuracy"])
+    return accuracies
 
 
 def main() -> None:
@@ -49,10 +68,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, default=1, help="train seeds 0 .. N-1 of each")
+    parser.add_argument("--learning-rate", type=float, help="instead of the preset's")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
 
-    config = presets.get(args.preset).config.replace(epochs=args.epochs)
+    config = presets.get(args.preset).config.replace(epochs=args.epochs, precise_bn=False)
+    if args.learning_rate:
+        config = config.replace(learning_rate=args.learning_rate)
     if not config.batch_norm:
         parser.error(f"preset {args.preset} has no batch norm")
     x, y = data.load_train(args.data_dir)
@@ -64,14 +86,23 @@ def main() -> None:
         for seed in range(args.seeds)
         for layer in (keras.layers.BatchNormalization, FusedBatchNormalization)
     }
-    print(f"\npreset {args.preset}, {args.epochs} epochs on {args.images} images, validated "
-          f"on {len(val_idx)} images of the training set (accuracies after the last epoch)\n")
+    print(f"\npreset {args.preset} (learning rate {config.learning_rate:.2g}), {args.epochs} "
+          f"epochs on {args.images} images, validated on {len(val_idx)} images of the training "
+          f"set (accuracies after the last epoch)\n")
     print("| batch norm | seed | train accuracy | validation accuracy | median s/epoch |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for (name, seed), history in results.items():
+    for (name, seed), (history, _) in results.items():
         print(f"| {name} | {seed} | {100 * history['accuracy'][-1]:.2f}% | "
               f"{100 * history['val_accuracy'][-1]:.2f}% | "
               f"{statistics.median(history['seconds']):.1f} |")
+    print("\n| seed | validation accuracy: moving statistics | "
+          + " | ".join(f"recomputed on {count:,}" for count in SAMPLES) + " |")
+    print("| ---: | ---: |" + " ---: |" * len(SAMPLES))
+    for (name, seed), (history, model) in results.items():
+        if name == FusedBatchNormalization.__name__:
+            accuracies = recomputed(model, train_data[0], val_data)
+            print(f"| {seed} | {100 * history['val_accuracy'][-1]:.2f}% | "
+                  + " | ".join(f"{100 * a:.2f}%" for a in accuracies) + " |")
 
 
 if __name__ == "__main__":

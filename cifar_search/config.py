@@ -45,6 +45,8 @@ class TrainConfig:
     flip: bool = False
     cutout: int = 0
     seed: int = 0
+    # Recompute batch-norm statistics before each evaluation (cifar_search.precise_bn).
+    precise_bn: bool = True
 
     def __post_init__(self) -> None:
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}")
@@ -90,10 +92,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The configuration a record holds; one written before ``precise_bn`` existed
+        trained without it."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         _check(not unknown, f"unknown training settings: {sorted(unknown)}")
-        return cls(**values)
+        return cls(**{"precise_bn": False, **values})
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -112,6 +116,8 @@ class StudyConfig:
     # Seconds between a worker's heartbeats; a trial silent for three is failed and retried.
     # Frozen: workers that judged staleness differently would fail each other's live trials.
     heartbeat: int = 10
+    # Whether trials recompute batch-norm statistics before each evaluation (TrainConfig's).
+    precise_bn: bool = True
 
     def __post_init__(self) -> None:
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**32,
@@ -130,5 +136,7 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StudyConfig:
+        """The configuration a study froze; one frozen before ``precise_bn`` existed goes on
+        without it, so that its trials stay comparable."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{"precise_bn": False, **{k: v for k, v in values.items() if k in known}})

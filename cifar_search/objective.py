@@ -84,7 +84,8 @@ class Objective:
         gc.collect()
         config = space.sample(trial, epochs=self.study_config.max_epochs,
                               seed=self.study_config.seed + key,
-                              variants=self.study_config.layers == "variants")
+                              variants=self.study_config.layers == "variants",
+                              ).replace(precise_bn=self.study_config.precise_bn)
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("family", config.family)
         if screening.screens(self.study_config):

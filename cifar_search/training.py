@@ -21,6 +21,7 @@ import tensorflow as tf
 from cifar_search.config import HISTORY_KEYS, TrainConfig
 from cifar_search.data import to_one_hot
 from cifar_search.model import build_cnn
+from cifar_search.precise_bn import PreciseBatchNorm
 
 EVAL_BATCH_SIZE = 1000
 # CIFAR-10's mean colour. Not a tensor here: importing this module must not start TensorFlow's
@@ -236,6 +237,9 @@ def train(
         cutout=config.cutout if config.augment else 0,
     )
     val_ds = None if val_data is None else make_dataset(*val_data, EVAL_BATCH_SIZE)
+    if config.batch_norm and config.precise_bn:
+        callbacks = [PreciseBatchNorm.from_training_set(x, config.batch_size, config.seed),
+                     *callbacks]
     model.fit(
         train_ds,
         validation_data=val_ds,
