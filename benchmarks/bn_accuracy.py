@@ -96,7 +96,8 @@ def main() -> None:
               f"{100 * history['val_accuracy'][-1]:.2f}% | "
               f"{statistics.median(history['seconds']):.1f} |")
     print("\n| seed | validation accuracy: moving statistics | "
-          + " | ".join(f"recomputed on {count:,}" for count in SAMPLES) + " |")
+          + " | ".join(f"recomputed on {min(count, len(train_idx)):,}" for count in SAMPLES)
+          + " |")
     print("| ---: | ---: |" + " ---: |" * len(SAMPLES))
     for (name, seed), (history, model) in results.items():
         if name == FusedBatchNormalization.__name__:

@@ -5,7 +5,8 @@ Each arm runs alone, one after the other, in a process of its own, for the same 
 
 * ``cifar-search``: the product, from a cold start (``--no-preset --no-baseline``);
 * ``optuna-defaults``: ``TPESampler()`` and ``MedianPruner()`` with Optuna's defaults, on
-  the same search space and training code (:class:`cifar_search.objective.Objective`);
+  the same search space and training code (:class:`cifar_search.objective.Objective`, batch
+  norm's recomputed statistics included, without cifar-search's screening);
 * ``random``: ``RandomSampler()``, no pruning, the same space and code;
 * ``keras-tuner``: ``keras_tuner.Hyperband`` as its documentation shows it (a
   ``HyperModel`` whose ``build`` chooses the layers and optimizer and whose ``fit`` the
@@ -32,6 +33,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cifar_search.config import StudyConfig
 
 ARMS = ("cifar-search", "optuna-defaults", "random", "keras-tuner")
 EPOCH_LINE = re.compile(r"val_accuracy (\d\.\d+)")
@@ -113,10 +118,22 @@ def _data(args: argparse.Namespace):
     return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
 
 
+def arm_config(arm: str) -> StudyConfig:
+    """The study settings of the ``optuna-defaults`` and ``random`` arms' Objective.
+
+    Training seeds as in the cifar-search arm's study (its --seed, 0); only the samplers'
+    seeds change between repetitions. Its pruner is not ``screen``: the Objective would then
+    screen each trial itself, which is cifar-search's pruning, not these arms'.
+    """
+    from cifar_search.config import StudyConfig
+
+    return StudyConfig(max_epochs=MAX_EPOCHS,
+                       pruner="median" if arm == "optuna-defaults" else "none")
+
+
 def _optuna_arm(arm: str, args: argparse.Namespace) -> None:
     import optuna
 
-    from cifar_search.config import StudyConfig
     from cifar_search.objective import NonFiniteLossError, Objective
 
     train, val = _data(args)
@@ -125,9 +142,7 @@ def _optuna_arm(arm: str, args: argparse.Namespace) -> None:
     else:
         sampler, pruner = optuna.samplers.RandomSampler(seed=args.seed), optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    # Training seeds as in the cifar-search arm's study (its --seed, 0); only the samplers'
-    # seeds change between repetitions.
-    objective = Objective(train, val, StudyConfig(max_epochs=MAX_EPOCHS), log=print)
+    objective = Objective(train, val, arm_config(arm), log=print)
     study.optimize(lambda trial: objective(trial, trial._trial_id, trial.number),
                    catch=(NonFiniteLossError,))
 
