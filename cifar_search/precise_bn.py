@@ -14,8 +14,8 @@ statistics are recomputed as Wu & Johnson ("Rethinking 'Batch' in BatchNorm", 20
 it: the model runs in training mode on ``IMAGES`` un-augmented training images, and each
 layer's moving mean and variance become the averages of the batch means and (biased) batch
 variances it sees, which is what the moving averages estimate. Training is unchanged but for
-dropout's random masks (the recomputing pass draws some) and costs about 1 second more an
-epoch on 2 CPU cores.
+dropout's random masks (the recomputing pass draws some); it costs a forward pass over
+``IMAGES`` images an epoch (about 1.5 s on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# 1,024 images in 2 batches gave the validation accuracy of 40 batches of 512, within 0.1
-# points, for a 1-second forward pass on 2 CPU cores.
+# Statistics from 1,024 images gave the validation accuracy of statistics from 10,000, within
+# 0.1 points (benchmarks/bn_accuracy.py); 256 were 0.1-0.4 points short.
 IMAGES = 1024
 BATCH_SIZE = 512
 
