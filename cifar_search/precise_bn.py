@@ -4,7 +4,7 @@ In training, a batch-norm layer normalizes with the batch's own statistics; in i
 with moving averages of them (momentum 0.99, so about the last 100 steps), which lag behind
 weights that are still changing fast. Early in training the lag dominates what the model
 scores: ``bn-aug-adamw`` after 3 epochs on 10,000 images scored 25.8% on the validation split
-with the moving averages and 62.5% with statistics recomputed for its final weights; after 2
+with the moving averages and 62.4% with statistics recomputed for its final weights; after 2
 epochs on the full 40K at a higher learning rate, 65.5% and 71.1% (docs/PERFORMANCE.md,
 section 8). Validation accuracy is what screening, pruning and the choice of the best epoch
 judge, so the lag made batch-norm trials look worse than they were.
