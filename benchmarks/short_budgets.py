@@ -16,8 +16,12 @@ Each short run is one ``training.train`` in this process, in trial order; the re
 same ``--out`` (same study and epochs) retrains only the trials that file does not hold yet:
 short runs can follow a study that is still running, across sessions.
 
+``--precise-bn`` trains the short runs with batch-norm statistics recomputed before each
+validation, as studies created since that setting do, for trials whose study did not.
+
 Usage: python benchmarks/short_budgets.py --study pruning-none-15 \
-           --storage sqlite:///studies/pruning-none-15.db [--epochs 3] [--out FILE]
+           --storage sqlite:///studies/pruning-none-15.db [--epochs 3] [--out FILE] \
+           [--precise-bn]
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data-dir")
     parser.add_argument("--out", default="logs/short-budgets.json")
+    parser.add_argument("--precise-bn", action="store_true",
+                        help="recompute batch-norm statistics before each validation "
+                             "(cifar_search.precise_bn), even if the study did not")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -95,8 +102,8 @@ def main() -> None:
             continue
         curve = frozen.user_attrs["history"]["val_accuracy"]
         trial = Trial(frozen.number, max(curve), curve[args.epochs - 1])
-        short = TrainConfig.from_dict(frozen.user_attrs["train_config"]).replace(
-            epochs=args.epochs)
+        short = TrainConfig.from_dict(frozen.user_attrs["train_config"])
+        short = short.replace(epochs=args.epochs, precise_bn=short.precise_bn or args.precise_bn)
         recorder = training.HistoryRecorder(f"trial {frozen.number}", args.epochs, print)
         training.train(short, train_data, val_data, callbacks=[recorder])
         trial.short = recorder.history["val_accuracy"][-1]
