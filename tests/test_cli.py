@@ -37,7 +37,8 @@ def test_search_runs_three_trials_with_progress_preset_then_baseline_first(searc
         assert t.intermediate_values[1] == history["val_accuracy"][0]
     config = study.user_attrs["config"]
     assert config == {"seed": 0, "max_epochs": 2, "train_size": 1000, "val_size": 500,
-                      "pruner": "screen", "layers": "variants", "heartbeat": 10}
+                      "pruner": "screen", "layers": "variants", "heartbeat": 10,
+                      "precise_bn": True}
     assert len(study.user_attrs["data_fingerprint"]) == 16
 
 

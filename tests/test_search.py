@@ -40,7 +40,8 @@ def test_study_config_is_frozen_and_checked(tmp_path, data_dir):
                log=lambda _: None)
     study = optuna.load_study(study_name="f", storage=url)
     assert ledger.frozen_config(study).to_dict() == {"seed": 0, "layers": "variants",
-                                                    "heartbeat": 10, **SMALL}
+                                                    "heartbeat": 10, "precise_bn": True,
+                                                    **SMALL}
     assert set(study.user_attrs["versions"]) >= {"optuna", "keras", "tensorflow"}
     with pytest.raises(CifarSearchError, match=r"train_size=600 \(study has 500\)"):
         run_search("f", url, given={"train_size": 600}, n_trials=2, data_dir=str(data_dir))
