@@ -222,7 +222,8 @@ def main() -> None:
         results.append(run_arm(arm, args, out))
         print(f"{arm}: {results[-1]['epochs']} epochs, best "
               f"{best_by(results[-1]['points'], max(args.checkpoints))}", flush=True)
-    (out / f"results-{args.seed}.json").write_text(json.dumps(results, indent=1))
+        # After each arm: a run stopped midway keeps the arms it finished.
+        (out / f"results-{args.seed}.json").write_text(json.dumps(results, indent=1))
     print(f"seed {args.seed}, sizes {args.train_size or 40000}/{args.val_size or 10000}, "
           f"arms one after the other:")
     print(table(results, args.checkpoints))
