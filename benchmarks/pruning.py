@@ -51,6 +51,11 @@ from cifar_search.search import MEDIAN_STARTUP_TRIALS, make_pruner
 PRUNERS = ("none", "screen", "median", "hyperband")
 
 
+# Trials a screening candidate lets through before judging, unless its name says
+# (``-startupN``): 5, as in the rule written before the first screening replay.
+WRITTEN_RULE_STARTUP = 5
+
+
 @dataclasses.dataclass
 class Row:
     pruner: str
@@ -96,7 +101,7 @@ class Candidate:
     metric: str = "val_accuracy"
     screen: int = 0
     keep: float = 1.0
-    startup: int = MEDIAN_STARTUP_TRIALS
+    startup: int = WRITTEN_RULE_STARTUP
 
 
 class ShortRun(NamedTuple):
@@ -137,7 +142,7 @@ def candidate(name: str) -> Candidate:
     pruners judge after ``MEDIAN_STARTUP_TRIALS`` trials, as the default does.
 
     ``screen3-half`` and ``screen3-quarter``: every trial first trains a short run of 3
-    epochs with its schedule fitted to 3; after ``MEDIAN_STARTUP_TRIALS`` trials, a trial goes
+    epochs with its schedule fitted to 3; after ``WRITTEN_RULE_STARTUP`` trials, a trial goes
     on to its full budget (from scratch) only if its short run is at least the median, or in
     the top quarter, of all earlier trials' short runs. Replaying one needs the short runs.
     ``screen2-quarter-startup2``: the same, judging from the third trial on.
@@ -148,7 +153,7 @@ def candidate(name: str) -> Candidate:
                          screen=SCREEN_EPOCHS, keep=SCREEN_KEEP, startup=STARTUP_TRIALS)
     if (screen := _SCREEN.fullmatch(name)) is not None:
         keep = {"half": 0.5, "quarter": 0.25}[screen[2]]
-        startup = int(screen[3] or MEDIAN_STARTUP_TRIALS)
+        startup = int(screen[3] or WRITTEN_RULE_STARTUP)
         after = f", {startup} startup" if screen[3] else ""
         return Candidate(f"screen on {screen[1]} fitted epochs, keep the top {screen[2]}{after}",
                          None, screen=int(screen[1]), keep=keep, startup=startup)

@@ -62,14 +62,16 @@ def agreement(trials: list[Trial], key: str) -> str:
     return f"Spearman {rho:+.2f}; full top 3 in its top 3: {in_top[0]}, in its top 5: {in_top[1]}"
 
 
-def done_before(out: Path, study: str, epochs: int) -> list[Trial]:
-    """The short runs an earlier run wrote to ``out`` for this study and budget."""
+def done_before(out: Path, study: str, epochs: int, precise_bn: bool) -> list[Trial]:
+    """The short runs an earlier run wrote to ``out`` for this study, budget and statistics."""
     if not out.exists():
         return []
     earlier = json.loads(out.read_text())
-    if (earlier["study"], earlier["epochs"]) != (study, epochs):
+    if (earlier["study"], earlier["epochs"], earlier.get("precise_bn", False)) != (
+            study, epochs, precise_bn):
         raise SystemExit(f"{out} holds short runs of {earlier['study']!r} with "
-                         f"{earlier['epochs']} epochs; give another --out")
+                         f"{earlier['epochs']} epochs, precise_bn "
+                         f"{earlier.get('precise_bn', False)}; give another --out")
     return [Trial(**t) for t in earlier["trials"]]
 
 
@@ -95,7 +97,7 @@ def main() -> None:
     train_data = images[train_idx], labels[train_idx]
     val_data = images[val_idx], labels[val_idx]
 
-    trials = done_before(Path(args.out), args.study, args.epochs)
+    trials = done_before(Path(args.out), args.study, args.epochs, args.precise_bn)
     done = {t.number for t in trials}
     for frozen in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if frozen.number in done:
@@ -111,7 +113,7 @@ def main() -> None:
         trials.append(trial)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(  # Read by benchmarks/pruning.py --short-runs.
-            {"study": args.study, "epochs": args.epochs,
+            {"study": args.study, "epochs": args.epochs, "precise_bn": args.precise_bn,
              "trials": [dataclasses.asdict(t) for t in trials]}, indent=1))
 
     print(f"\n{args.study}: {len(trials)} complete trials, short runs of {args.epochs} epochs\n")

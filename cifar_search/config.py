@@ -19,6 +19,10 @@ PRUNERS = ("screen", "median", "hyperband", "none")
 LAYERS = ("variants", "prescribed")
 # The per-epoch curves a trial records (its "history" user attribute, with "seconds").
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# Settings added after records were first written, with what a record or a frozen study
+# without them did: older trials are retrained as measured and older studies go on as they
+# began, so that their trials stay comparable.
+BEFORE_ADDED: dict[str, Any] = {"precise_bn": False}
 
 
 def _check(ok: bool, message: str) -> None:
@@ -92,12 +96,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """The configuration a record holds; one written before ``precise_bn`` existed
-        trained without it."""
+        """The configuration a record holds (see ``BEFORE_ADDED`` for older records)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         _check(not unknown, f"unknown training settings: {sorted(unknown)}")
-        return cls(**{"precise_bn": False, **values})
+        return cls(**{**BEFORE_ADDED, **values})
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -136,7 +139,6 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StudyConfig:
-        """The configuration a study froze; one frozen before ``precise_bn`` existed goes on
-        without it, so that its trials stay comparable."""
+        """The configuration a study froze (see ``BEFORE_ADDED`` for older studies)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{"precise_bn": False, **{k: v for k, v in values.items() if k in known}})
+        return cls(**{**BEFORE_ADDED, **{k: v for k, v in values.items() if k in known}})

@@ -20,7 +20,7 @@ dropout's random masks (the recomputing pass draws some); it costs a forward pas
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -32,25 +32,37 @@ IMAGES = 1024
 BATCH_SIZE = 512
 
 
+def statistics_setter(model: keras.Model, batch_size: int = BATCH_SIZE
+                      ) -> Callable[[np.ndarray], None]:
+    """A function that sets every batch-norm layer's moving statistics of ``model`` to their
+    average over the images it is given (built once: it holds a model of the layers' inputs)."""
+    layers = [layer for layer in model.layers
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return lambda images: None
+    inputs = keras.Model(model.inputs, [layer.input for layer in layers])  # as a list
+
+    def set_statistics(images: np.ndarray) -> None:
+        means: list[list[np.ndarray]] = [[] for _ in layers]
+        variances: list[list[np.ndarray]] = [[] for _ in layers]
+        for start in range(0, len(images), batch_size):
+            batch = [tf.constant(images[start:start + batch_size])]
+            for k, x in enumerate(inputs(batch, training=True)):
+                mean, variance = tf.nn.moments(x, axes=list(range(len(x.shape) - 1)))
+                means[k].append(mean.numpy())
+                variances[k].append(variance.numpy())
+        for k, layer in enumerate(layers):
+            if means[k]:
+                layer.moving_mean.assign(np.mean(means[k], axis=0))
+                layer.moving_variance.assign(np.mean(variances[k], axis=0))
+
+    return set_statistics
+
+
 def recompute_statistics(model: keras.Model, images: np.ndarray,
                          batch_size: int = BATCH_SIZE) -> None:
     """Set every batch-norm layer's moving statistics to their average over ``images``."""
-    layers = [layer for layer in model.layers
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    if not layers or not len(images):
-        return
-    inputs = keras.Model(model.inputs, [layer.input for layer in layers])  # as a list
-    means: list[list[np.ndarray]] = [[] for _ in layers]
-    variances: list[list[np.ndarray]] = [[] for _ in layers]
-    for start in range(0, len(images), batch_size):
-        batch = [tf.constant(images[start:start + batch_size])]
-        for k, x in enumerate(inputs(batch, training=True)):
-            mean, variance = tf.nn.moments(x, axes=list(range(len(x.shape) - 1)))
-            means[k].append(mean.numpy())
-            variances[k].append(variance.numpy())
-    for k, layer in enumerate(layers):
-        layer.moving_mean.assign(np.mean(means[k], axis=0))
-        layer.moving_variance.assign(np.mean(variances[k], axis=0))
+    statistics_setter(model, batch_size)(images)
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):
@@ -61,14 +73,18 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self.images, self.steps_per_epoch = images, steps_per_epoch
 
     @classmethod
-    def from_training_set(cls, images: np.ndarray, batch_size: int, seed: int
+    def from_training_set(cls, images: np.ndarray, steps_per_epoch: int, seed: int
                           ) -> PreciseBatchNorm:
-        """The callback for a run on ``images`` in batches of ``batch_size``; it recomputes on
-        a seeded sample of ``IMAGES`` of them."""
+        """The callback for a run on ``images`` in ``steps_per_epoch`` batches; it recomputes
+        on a seeded sample of ``IMAGES`` of them."""
         sample = np.random.default_rng(seed).permutation(len(images))[:IMAGES]
-        return cls(images[np.sort(sample)], math.ceil(len(images) / batch_size))
+        return cls(images[np.sort(sample)], steps_per_epoch)
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        self._set_statistics = statistics_setter(model)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # Keras validates between the epoch's last batch and on_epoch_end.
         if batch + 1 == self.steps_per_epoch:
-            recompute_statistics(self.model, self.images)
+            self._set_statistics(self.images)

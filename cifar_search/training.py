@@ -198,6 +198,12 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimize
     return keras.optimizers.RMSprop(lr)
 
 
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    """Batches in an epoch: the last one may be short (the schedule and precise batch norm
+    count on it)."""
+    return math.ceil(train_size / batch_size)
+
+
 def compiled_model(config: TrainConfig, train_size: int) -> keras.Model:
     """The CNN of ``config``, compiled with its optimizer, schedule and loss."""
     model = build_cnn(
@@ -205,9 +211,8 @@ def compiled_model(config: TrainConfig, train_size: int) -> keras.Model:
         dropout_conv=config.dropout_conv,
         dropout_dense=config.dropout_dense,
     )
-    steps = math.ceil(train_size / config.batch_size)
     model.compile(
-        optimizer=build_optimizer(config, steps),
+        optimizer=build_optimizer(config, steps_per_epoch(train_size, config.batch_size)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
@@ -238,7 +243,8 @@ def train(
     )
     val_ds = None if val_data is None else make_dataset(*val_data, EVAL_BATCH_SIZE)
     if config.batch_norm and config.precise_bn:
-        callbacks = [PreciseBatchNorm.from_training_set(x, config.batch_size, config.seed),
+        callbacks = [PreciseBatchNorm.from_training_set(
+            x, steps_per_epoch(len(x), config.batch_size), config.seed),
                      *callbacks]
     model.fit(
         train_ds,

@@ -39,7 +39,7 @@ def test_the_statistics_become_the_batches_averages():
 def test_training_recomputes_them_after_every_epoch_when_asked(cifar_train, precise):
     config = TrainConfig(optimizer="adam", learning_rate=1e-3, batch_norm=True, epochs=1,
                          batch_size=64, precise_bn=precise)
-    images, labels = cifar_train[0][:640], cifar_train[1][:640]
+    images, labels = cifar_train[0][:650], cifar_train[1][:650]  # A short last batch.
     seen: list[tuple[np.ndarray, np.ndarray]] = []
 
     class AtValidation(keras.callbacks.Callback):
@@ -49,8 +49,8 @@ def test_training_recomputes_them_after_every_epoch_when_asked(cifar_train, prec
     model = training.train(config, (images, labels), (images[:200], labels[:200]),
                            callbacks=[AtValidation()])
     final = moving(model, "conv2_bn")
-    callback = precise_bn.PreciseBatchNorm.from_training_set(images, config.batch_size,
-                                                             config.seed)
+    callback = precise_bn.PreciseBatchNorm.from_training_set(
+        images, training.steps_per_epoch(len(images), config.batch_size), config.seed)
     precise_bn.recompute_statistics(model, callback.images)
     expected = moving(model, "conv2_bn")
     # Validation saw the recomputed statistics, and the model keeps them; or neither.

@@ -149,9 +149,13 @@ def test_a_screen_needs_its_short_runs(tmp_path):
 
 def test_short_budgets_keeps_earlier_short_runs_of_the_same_study_and_budget(tmp_path):
     saved = tmp_path / "short.json"
-    assert done_before(saved, "s", 2) == []
+    assert done_before(saved, "s", 2, False) == []
     saved.write_text(json.dumps({"study": "s", "epochs": 2, "trials": [
         {"number": 0, "full": 0.7, "at_epoch": 0.5, "short": 0.6, "short_seconds": 4.0}]}))
-    assert done_before(saved, "s", 2) == [Trial(0, 0.7, 0.5, 0.6, 4.0)]
+    assert done_before(saved, "s", 2, False) == [Trial(0, 0.7, 0.5, 0.6, 4.0)]
     with pytest.raises(SystemExit, match="with 2 epochs"):
-        done_before(saved, "s", 3)
+        done_before(saved, "s", 3, False)
+    # A file written before the flag was recorded had the moving statistics; runs with
+    # recomputed ones are not mixed into it.
+    with pytest.raises(SystemExit, match="precise_bn False"):
+        done_before(saved, "s", 2, True)
