@@ -19,6 +19,9 @@ a minute later), and prints the best validation accuracy reached by each checkpo
 and the epochs trained. Needs the ``bench`` extra (``pip install -e '.[bench]'``).
 
     python benchmarks/head_to_head.py --seed 0 --out logs/h2h
+
+A variant of the product is measured as the cifar-search arm alone with its flags, e.g.
+``--arms cifar-search --cifar-search-flags '--random-trials 4' --out logs/h2h-random4``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -52,7 +56,7 @@ def arm_command(arm: str, args: argparse.Namespace, out: Path) -> list[str]:
         return [CLI, "search", "--study", f"cold-start-{args.seed}", "--storage",
                 f"sqlite:///{out.resolve()}/cifar-search-{args.seed}.db", "--no-preset",
                 "--no-baseline", f"--max-epochs={MAX_EPOCHS}", "--n-trials=100000",
-                f"--sampler-seed={args.seed}", *sizes]
+                f"--sampler-seed={args.seed}", *sizes, *shlex.split(args.cifar_search_flags)]
     return [sys.executable, __file__, "--run-arm", arm, f"--seed={args.seed}",
             f"--out={out}", *sizes]
 
@@ -88,7 +92,8 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
             proc.wait()
     reader.join()
     log.close()
-    return {"arm": arm, "seed": args.seed, "budget_minutes": max(args.checkpoints),
+    name = f"{arm} {args.cifar_search_flags}" if arm == "cifar-search" else arm
+    return {"arm": name.strip(), "seed": args.seed, "budget_minutes": max(args.checkpoints),
             "exit_code": proc.returncode, "epochs": len(points), "points": points}
 
 
@@ -207,9 +212,16 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=0, help="0: all 10K")
     parser.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR"))
     parser.add_argument("--out", default="logs/h2h")
+    parser.add_argument("--cifar-search-flags", default="", metavar="FLAGS",
+                        help="more flags for the cifar-search arm's search command, e.g. "
+                        "'--random-trials 4' (named with the arm in the table)")
     parser.add_argument("--run-arm", choices=ARMS[1:], help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
+    if not args.run_arm and "cifar-search" in args.arms and (
+            out / f"cifar-search-{args.seed}.db").exists():
+        parser.error(f"{out} holds a cifar-search study of seed {args.seed}, which the arm "
+                     f"would resume rather than start cold; give another --out")
     out.mkdir(parents=True, exist_ok=True)
     if args.run_arm == "keras-tuner":
         _keras_tuner_arm(args, out)

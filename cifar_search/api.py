@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifar_search.config import RANDOM_TRIALS
 from cifar_search.errors import CifarSearchError
 from cifar_search.ledger import TestEvaluation
 from cifar_search.screening import epochs_trained
@@ -142,6 +143,7 @@ def search(
     baseline: bool = True,
     timeout: float | None = None,
     sampler_seed: int | None = None,
+    random_trials: int = RANDOM_TRIALS,
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Results:
@@ -150,7 +152,8 @@ def search(
     The settings left as None take the study's frozen value (or, in a new study, the
     default); ``presets`` None queues the best known preset in a new study, ``[]`` none.
     Each trial's proposal is seeded by ``sampler_seed`` (default: the study's ``seed``) and
-    the trial's number, so the same call proposes the same first trials. Runs the trials in
+    the trial's number, so the same call proposes the same first trials; the first
+    ``random_trials`` (default 10, Optuna's) are drawn at random. Runs the trials in
     this process. Ctrl-C stops it with the running trial re-queued.
 
     Example::
@@ -172,6 +175,7 @@ def search(
     configure_threads(threads)
     run_search(study, url, given=given, n_trials=n_trials, data_dir=data_dir,
                enqueue_baseline=baseline, timeout=timeout, sampler_seed=sampler_seed,
+               random_trials=random_trials,
                presets=presets, log=log)
     return results(study, storage=url)
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cifar_search.config import PRUNERS
+from cifar_search.config import PRUNERS, RANDOM_TRIALS
 from cifar_search.errors import EXIT_LOCKED, CifarSearchError, StudyLockedError
 from cifar_search.interrupts import Interrupts
 from cifar_search.presets import DEFAULTS as DEFAULT_PRESETS
@@ -100,7 +100,7 @@ def _search_here(args: argparse.Namespace, *, max_trials: int | None, timeout: f
     study = run_search(
         args.study, _storage_url(args), given=given, n_trials=args.n_trials,
         data_dir=args.data_dir, loaded=loaded, enqueue_baseline=not args.no_baseline,
-        timeout=timeout, sampler_seed=args.sampler_seed,
+        timeout=timeout, sampler_seed=args.sampler_seed, random_trials=args.random_trials,
         presets=args.preset or ([] if args.no_preset else None),
         max_trials=max_trials, header=header, log=_log,
     )
@@ -304,6 +304,10 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         help="seed of the sampler's proposals (default: the study's --seed); "
                         "each trial's draw is seeded by it and the trial's number, so a search "
                         "is repeatable and workers sharing a study never draw alike")
+    parser.add_argument("--random-trials", type=_non_negative, default=RANDOM_TRIALS,
+                        metavar="N", help="trials the sampler draws at random before TPE "
+                        f"models the study (finished or pruned ones; default: {RANDOM_TRIALS}, "
+                        "Optuna's)")
     parser.add_argument("--recycle", type=_non_negative, default=DEFAULT_RECYCLE, metavar="N",
                         help="run every N trials in a fresh process forked from this one "
                         "(which loads the data once), so the memory TensorFlow keeps from "

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from cifar_search import data, screening
-from cifar_search.config import StudyConfig
+from cifar_search.config import RANDOM_TRIALS, StudyConfig
 from cifar_search.errors import CifarSearchError, StudyLockedError
 from cifar_search.interrupts import Interrupts
 from cifar_search.ledger import (
@@ -70,12 +70,14 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def make_sampler(seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """Multivariate TPE with the constant liar, so parallel workers spread out their trials."""
+def make_sampler(seed: int | None = None, random_trials: int = RANDOM_TRIALS
+                 ) -> optuna.samplers.BaseSampler:
+    """Multivariate TPE with the constant liar, so parallel workers spread out their trials;
+    its first ``random_trials`` trials (finished or pruned) are drawn at random."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
-                                          seed=seed)
+                                          n_startup_trials=random_trials, seed=seed)
 
 
 def trial_seed(base: int, number: int) -> int:
@@ -112,12 +114,14 @@ def split(
 
 
 def validate(given: Mapping[str, Any], n_trials: int, presets: Sequence[str] | None,
-             sampler_seed: int | None = None) -> None:
+             sampler_seed: int | None = None, random_trials: int = RANDOM_TRIALS) -> None:
     """Refuse bad settings before anything is read or written."""
     if n_trials < 1:
         raise CifarSearchError("--n-trials must be at least 1")
     if sampler_seed is not None and not 0 <= sampler_seed < 2**32:
         raise CifarSearchError("sampler_seed must be an integer from 0 to 2**32 - 1")
+    if random_trials < 0:
+        raise CifarSearchError("random_trials must be at least 0")
     StudyConfig(**given)
     for preset_name in presets or ():
         get_preset(preset_name)
@@ -157,6 +161,7 @@ def run_search(
     enqueue_baseline: bool = True,
     timeout: float | None = None,
     sampler_seed: int | None = None,
+    random_trials: int = RANDOM_TRIALS,
     presets: Sequence[str] | None = None,
     max_trials: int | None = None,
     header: bool = True,
@@ -168,13 +173,14 @@ def run_search(
     :data:`cifar_search.presets.DEFAULTS`), then the seed's baseline unless
     ``enqueue_baseline`` is false, then what the sampler proposes; a study that exists gets
     only the ``presets`` named here, each once. Trials running on other workers count toward
-    the total. On Ctrl-C or SIGTERM the current trial is failed and re-queued with its
+    the total. The sampler draws the study's first ``random_trials`` trials at random. On
+    Ctrl-C or SIGTERM the current trial is failed and re-queued with its
     parameters (it resumes from its checkpoint), and KeyboardInterrupt is raised again for
     the caller to exit. ``max_trials`` stops this process after that many trials of its own
     (:mod:`cifar_search.processes` then starts a fresh one, handing it the training set it
     ``loaded`` once; ``header`` false skips the study's opening line).
     """
-    validate(given, n_trials, presets, sampler_seed)
+    validate(given, n_trials, presets, sampler_seed, random_trials)
     images, labels, fingerprint = loaded or load_train_set(data_dir)
     ledger, config, first = prepare_study(name, url, given, fingerprint)
     ledger.on_stale = _stale_logger(ledger, log)
@@ -195,7 +201,8 @@ def run_search(
                           (images[val_idx], labels[val_idx]), config, ledger.checkpoints,
                           ledger.study_id, log)
     optimize(ledger, objective, n_trials=n_trials, max_trials=max_trials, timeout=timeout,
-             sampler_seed=config.seed if sampler_seed is None else sampler_seed, log=log)
+             sampler_seed=config.seed if sampler_seed is None else sampler_seed,
+             random_trials=random_trials, log=log)
     return ledger.study
 
 
@@ -225,10 +232,12 @@ class Heartbeat:
 
 def optimize(ledger: Ledger, objective: Objective, *, n_trials: int,
              max_trials: int | None = None, timeout: float | None = None,
-             sampler_seed: int = 0, log: Callable[[str], None] = print) -> None:
+             sampler_seed: int = 0, random_trials: int = RANDOM_TRIALS,
+             log: Callable[[str], None] = print) -> None:
     """Claim and train trials until the study's total is claimed, ``max_trials`` of this
     process's own have run, or ``timeout`` seconds have passed; each trial's proposal is
-    seeded by ``sampler_seed`` and its number (:func:`trial_seed`)."""
+    seeded by ``sampler_seed`` and its number (:func:`trial_seed`), by
+    :func:`make_sampler` with ``random_trials``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     owner = worker_id()
     interrupts = Interrupts()
@@ -244,7 +253,8 @@ def optimize(ledger: Ledger, objective: Objective, *, n_trials: int,
             ran += 1
             try:
                 interrupts.check()
-                ledger.study.sampler = make_sampler(trial_seed(sampler_seed, claimed[1]))
+                ledger.study.sampler = make_sampler(trial_seed(sampler_seed, claimed[1]),
+                                                    random_trials)
                 _train(ledger, objective, *claimed, interrupts=interrupts, log=log)
             except BaseException as exc:
                 _abandon(ledger, claimed[1], exc, log)

@@ -113,6 +113,8 @@ def test_search_never_reads_the_test_set(tmp_path, data_dir):
     (["search", "--study", ""], "study name '' is not allowed"),
     (["search", "--study", "x", "--timeout", "nan"], "must be a positive, finite number"),
     (["search", "--study", "x", "--recycle", "-1"], "argument --recycle: must be at least 0"),
+    (["search", "--study", "x", "--random-trials", "-1"],
+     "argument --random-trials: must be at least 0"),
     (["search", "--stud", "x"], "the following arguments are required: --study"),
     (["dashboard", "--study", "x", "--port", "70000"], "must be a port from 1 to 65535"),
     (["search", "--study", "x", "--storage", "mysql://u:secret@localhost/db"],

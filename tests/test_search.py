@@ -12,7 +12,7 @@ from cifar_search import ledger
 from cifar_search.errors import CifarSearchError
 from cifar_search.presets import DEFAULTS
 from cifar_search.presets import get as get_preset
-from cifar_search.search import run_search, trial_seed
+from cifar_search.search import make_sampler, run_search, trial_seed
 from cifar_search.space import BASELINE_PARAMS, params_of
 
 SMALL = {"train_size": 500, "val_size": 200, "max_epochs": 1, "pruner": "none"}
@@ -80,6 +80,33 @@ def test_a_new_study_starts_from_the_default_preset_of_its_layers(tmp_path, data
 def test_unknown_preset_is_refused(tmp_path):
     with pytest.raises(CifarSearchError, match="no preset named 'x'"):
         run_search("p", f"sqlite:///{tmp_path}/x.db", given={}, n_trials=1, presets=["x"])
+
+
+def test_bad_random_trials_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(CifarSearchError, match="random_trials must be at least 0"):
+        run_search("r", f"sqlite:///{tmp_path}/r.db", given={}, n_trials=1, random_trials=-1)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_sampler_models_the_study_after_its_random_trials():
+    """Its proposals are random draws while the study holds fewer than ``random_trials``
+    finished trials (pruned ones count), TPE's after."""
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+    def proposal(sampler: optuna.samplers.BaseSampler) -> float:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        for x, state in ((0.1, TrialState.COMPLETE), (0.9, TrialState.COMPLETE),
+                         (0.5, TrialState.PRUNED)):
+            study.add_trial(optuna.trial.create_trial(
+                params={"x": x}, distributions=space, state=state,
+                value=x if state == TrialState.COMPLETE else None,
+                intermediate_values={0: x}))
+        return study.ask(space).params["x"]
+
+    random = proposal(optuna.samplers.RandomSampler(seed=1))
+    assert proposal(make_sampler(1, random_trials=4)) == random
+    assert proposal(make_sampler(1, random_trials=3)) != random
+    assert proposal(make_sampler(1)) == random  # 10 by default.
 
 
 def test_trial_seeds_differ_by_trial_and_by_base():
