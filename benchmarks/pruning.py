@@ -66,6 +66,12 @@ class Row:
     best: float
     # Trials this pruner stopped: (number, epoch stopped after, best val acc of the full curve).
     stopped: list[tuple[int, int, float]] = dataclasses.field(default_factory=list)
+    # Every epoch trained, in order: (epochs trained so far, validation accuracy then).
+    points: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+
+    def best_by(self, epochs: int) -> float:
+        """The best validation accuracy seen once ``epochs`` epochs were trained."""
+        return max((acc for done, acc in self.points if done <= epochs), default=float("nan"))
 
 
 def run(out: Path, pruner: str, flags: list[str]) -> tuple[float, optuna.Study]:
@@ -204,13 +210,16 @@ def screen_replay(chosen: Candidate, trials: Sequence[optuna.trial.FrozenTrial],
         row.trials += 1
         row.epochs += chosen.screen
         row.seconds += run.seconds
+        row.points.append((row.epochs, run.accuracy))  # The short run's last epoch.
         if trial.should_prune():
             study.tell(trial, state=TrialState.PRUNED)
             row.pruned += 1
             row.stopped.append((frozen.number, chosen.screen, accuracy))
         else:
             study.tell(trial, accuracy)
-            row.epochs += len(history["val_accuracy"])
+            for value in history["val_accuracy"]:
+                row.epochs += 1
+                row.points.append((row.epochs, value))
             row.seconds += sum(history["seconds"])
             row.best = max(row.best, accuracy)
     return row
@@ -249,6 +258,7 @@ def replay(chosen: Candidate, source: optuna.Study, best_last: bool = False,
         trial = study.ask()
         row.trials += 1
         for epoch, value in enumerate(history[chosen.metric], start=1):
+            row.points.append((row.epochs + epoch, history["val_accuracy"][epoch - 1]))
             trial.report(value, epoch)
             if trial.should_prune():
                 study.tell(trial, state=TrialState.PRUNED)
@@ -264,6 +274,39 @@ def replay(chosen: Candidate, source: optuna.Study, best_last: bool = False,
     return row
 
 
+def random_orders(source: optuna.Study, orders: int, keep_first: int = 0, seed: int = 0
+                  ) -> list[list[int]]:
+    """``orders`` seeded random orders of the study's complete trials, the first
+    ``keep_first`` kept first."""
+    n = len(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    rng = np.random.default_rng(seed)
+    kept = list(range(keep_first))
+    return [kept + list(keep_first + rng.permutation(n - keep_first)) for _ in range(orders)]
+
+
+def anytime(source: optuna.Study, candidates: list[Candidate], orders: int,
+            checkpoints: Sequence[int], keep_first: int = 0, seed: int = 0,
+            short_runs: ShortRuns | None = None) -> None:
+    """The first epochs of a search, as a head-to-head race sees them: the best validation
+    accuracy each candidate has seen once it has trained ``checkpoints`` epochs, over the
+    same random orders (a random sampler's draws: TPE's first 10 trials are random).
+
+    Prints the mean and median over the orders, and the share of orders in which the
+    candidate is ahead of or level with every other candidate.
+    """
+    permutations = random_orders(source, orders, keep_first, seed)
+    best = np.array([[[replay(c, source, order=o, short_runs=short_runs).best_by(e)
+                       for e in checkpoints] for o in permutations] for c in candidates])
+    print("| pruner | " + " | ".join(f"best by {e} epochs: mean, median, leads or ties"
+                                      for e in checkpoints) + " |")
+    print("| --- |" + " ---: |" * len(checkpoints))
+    for k, chosen in enumerate(candidates):
+        leads = (best[k] >= np.delete(best, k, axis=0).max(axis=0)).mean(axis=0)
+        cells = [f"{100 * np.nanmean(best[k, :, j]):.2f}%, {100 * np.nanmedian(best[k, :, j]):.2f}%"
+                 f", {leads[j]:.0%}" for j in range(len(checkpoints))]
+        print(f"| {chosen.name} | " + " | ".join(cells) + " |")
+
+
 def shuffled(source: optuna.Study, candidates: list[Candidate], orders: int,
              keep_first: int = 0, seed: int = 0, short_runs: ShortRuns | None = None) -> None:
     """Replay every candidate on the same ``orders`` random orders of the trials (the first
@@ -273,11 +316,7 @@ def shuffled(source: optuna.Study, candidates: list[Candidate], orders: int,
     Where the sampler finds the best configuration is chance: one order (or two) says little
     about a pruner, many orders show how much it saves and how often it loses the best.
     """
-    n = len(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    rng = np.random.default_rng(seed)
-    kept = list(range(keep_first))
-    permutations = [kept + list(keep_first + rng.permutation(n - keep_first))
-                    for _ in range(orders)]
+    permutations = random_orders(source, orders, keep_first, seed)
     print("| pruner | epochs saved: mean | min | max | best kept (within 0.5 points) | "
           "best lost: mean points | worst |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -322,6 +361,9 @@ def main() -> None:
                              "for the screening candidates")
     parser.add_argument("--orders", type=int, metavar="N",
                         help="replay on N random orders of the trials (seeded) and summarise")
+    parser.add_argument("--anytime", nargs="+", type=int, metavar="EPOCHS",
+                        help="with --orders: the best validation accuracy each candidate has "
+                             "seen by these numbers of epochs trained, instead of the savings")
     parser.add_argument("--keep-first", type=int, default=0, metavar="K",
                         help="with --orders: the first K trials (the warm start) stay first")
     args, flags = parser.parse_known_args()
@@ -337,6 +379,10 @@ def main() -> None:
                 replay(chosen, source, short_runs=short_runs)
         except ValueError as error:
             parser.error(str(error))
+        if args.orders and args.anytime:
+            anytime(source, candidates, args.orders, args.anytime, args.keep_first,
+                    short_runs=short_runs)
+            return
         if args.orders:
             shuffled(source, candidates, args.orders, args.keep_first, short_runs=short_runs)
             return

@@ -137,6 +137,17 @@ def test_a_screen_with_fewer_startup_trials_judges_sooner():
     assert replay(candidate("screen"), source, short_runs=short).stopped == sooner.stopped
 
 
+def test_the_best_by_a_number_of_epochs_counts_every_epoch_trained_in_order():
+    source = unpruned_study([STEADY, SLOW_STARTER])
+    none = replay(candidate("none"), source)
+    assert none.best_by(3) == 0.55 and none.best_by(12) == 0.7 and none.best_by(20) == 0.9
+    short = {2: {0: ShortRun(0.62, 9.0), 1: ShortRun(0.6, 9.0)}}
+    screen = replay(candidate("screen"), source, short_runs=short)
+    # Trial 0's short run (0.62 after 2 epochs), then its full run; trial 1 screened out.
+    assert screen.best_by(1) != screen.best_by(1) and screen.best_by(2) == 0.62  # NaN: none yet.
+    assert screen.best_by(12) == 0.7 and screen.best_by(14) == 0.7 and screen.epochs == 14
+
+
 def test_a_screen_needs_its_short_runs(tmp_path):
     source = unpruned_study([STEADY])
     with pytest.raises(ValueError, match="3-epoch short runs"):
