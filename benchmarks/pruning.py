@@ -289,7 +289,8 @@ def anytime(source: optuna.Study, candidates: list[Candidate], orders: int,
             short_runs: ShortRuns | None = None) -> None:
     """The first epochs of a search, as a head-to-head race sees them: the best validation
     accuracy each candidate has seen once it has trained ``checkpoints`` epochs, over the
-    same random orders (a random sampler's draws: TPE's first 10 trials are random).
+    same random orders of the study's trials (TPE's first 10 trials are random draws; the
+    study's own pool also holds its warm start and TPE's proposals).
 
     Prints the mean and median over the orders, and the share of orders in which the
     candidate is ahead of or level with every other candidate.

@@ -67,11 +67,10 @@ def done_before(out: Path, study: str, epochs: int, precise_bn: bool) -> list[Tr
     if not out.exists():
         return []
     earlier = json.loads(out.read_text())
-    if (earlier["study"], earlier["epochs"], earlier.get("precise_bn", False)) != (
-            study, epochs, precise_bn):
-        raise SystemExit(f"{out} holds short runs of {earlier['study']!r} with "
-                         f"{earlier['epochs']} epochs, precise_bn "
-                         f"{earlier.get('precise_bn', False)}; give another --out")
+    kind = earlier["study"], earlier["epochs"], earlier.get("precise_bn", False)
+    if kind != (study, epochs, precise_bn):
+        raise SystemExit(f"{out} holds short runs of {kind[0]!r} with {kind[1]} epochs, "
+                         f"precise_bn {kind[2]}; give another --out")
     return [Trial(**t) for t in earlier["trials"]]
 
 
