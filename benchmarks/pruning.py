@@ -99,7 +99,9 @@ class Candidate:
     (validation accuracy, maximised, or validation loss, minimised).
 
     A screening candidate (``screen`` > 0) builds no pruner: it judges each trial on a short
-    run of ``screen`` epochs with a fitted schedule and keeps the top ``keep`` share.
+    run of ``screen`` epochs with a fitted schedule and keeps the top ``keep`` share. With
+    ``promote`` = K, the first K trials train their short runs only, then the best of them
+    trains its full budget.
     """
 
     name: str
@@ -108,6 +110,7 @@ class Candidate:
     screen: int = 0
     keep: float = 1.0
     startup: int = WRITTEN_RULE_STARTUP
+    promote: int = 0
 
 
 class ShortRun(NamedTuple):
@@ -133,6 +136,7 @@ def read_short_runs(paths: Sequence[str]) -> dict[int, dict[int, ShortRun]]:
 
 
 _SCREEN = re.compile(r"screen(\d+)-(half|quarter)(?:-startup(\d+))?")
+_PROMOTE = re.compile(r"screen-promote(\d+)")
 _KIND_EPOCH = re.compile(r"(median|median-loss|percentile(\d+)|patient(\d+)-median|hyperband)"
                          r"-(\d+)")
 
@@ -152,11 +156,17 @@ def candidate(name: str) -> Candidate:
     on to its full budget (from scratch) only if its short run is at least the median, or in
     the top quarter, of all earlier trials' short runs. Replaying one needs the short runs.
     ``screen2-quarter-startup2``: the same, judging from the third trial on.
+    ``screen-promote3``: the project's screen, but the first 3 trials train their short runs
+    only, and then the best of them trains its full budget.
     """
     if name == "screen":
         return Candidate(f"screen (the project's: {SCREEN_EPOCHS} fitted epochs, keep the top "
                          f"{SCREEN_KEEP:.0%}, {STARTUP_TRIALS} startup)", None,
                          screen=SCREEN_EPOCHS, keep=SCREEN_KEEP, startup=STARTUP_TRIALS)
+    if (promote := _PROMOTE.fullmatch(name)) is not None:
+        return Candidate(f"screen, the best of the first {promote[1]} short runs promoted",
+                         None, screen=SCREEN_EPOCHS, keep=SCREEN_KEEP, startup=STARTUP_TRIALS,
+                         promote=int(promote[1]))
     if (screen := _SCREEN.fullmatch(name)) is not None:
         keep = {"half": 0.5, "quarter": 0.25}[screen[2]]
         startup = int(screen[3] or WRITTEN_RULE_STARTUP)
@@ -197,13 +207,24 @@ def screen_replay(chosen: Candidate, trials: Sequence[optuna.trial.FrozenTrial],
                   short: Mapping[int, ShortRun]) -> Row:
     """Replay a screening candidate with the project's :class:`ScreenPruner`: each trial
     reports its short run at the screening step and costs it, and its full run too if it is
-    kept (the full run's curve as the unpruned study recorded it)."""
+    kept (the full run's curve as the unpruned study recorded it). A promoting candidate
+    holds its first ``promote`` trials after their short runs, then trains the best of them
+    in full."""
     pruner = ScreenPruner(keep=chosen.keep, n_startup_trials=chosen.startup)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     row = Row(chosen.name, 0, 0, 0, 0.0, float("-inf"))
-    for frozen in trials:
+
+    def train_full(frozen: optuna.trial.FrozenTrial) -> None:
         history = frozen.user_attrs["history"]
-        accuracy = max(history["val_accuracy"])
+        for value in history["val_accuracy"]:
+            row.epochs += 1
+            row.points.append((row.epochs, value))
+        row.seconds += sum(history["seconds"])
+        row.best = max(row.best, max(history["val_accuracy"]))
+
+    held: list[optuna.trial.FrozenTrial] = []
+    for frozen in trials:
+        accuracy = max(frozen.user_attrs["history"]["val_accuracy"])
         run = short[frozen.number]
         trial = study.ask()
         trial.report(run.accuracy, SCREEN_STEP)
@@ -211,17 +232,22 @@ def screen_replay(chosen: Candidate, trials: Sequence[optuna.trial.FrozenTrial],
         row.epochs += chosen.screen
         row.seconds += run.seconds
         row.points.append((row.epochs, run.accuracy))  # The short run's last epoch.
-        if trial.should_prune():
+        if len(held) < chosen.promote:
+            study.tell(trial, state=TrialState.PRUNED)
+            held.append(frozen)
+            if len(held) == chosen.promote:
+                promoted = max(held, key=lambda t: short[t.number].accuracy)
+                row.pruned += chosen.promote - 1
+                row.stopped += [(t.number, chosen.screen, max(t.user_attrs["history"][
+                    "val_accuracy"])) for t in held if t is not promoted]
+                train_full(promoted)
+        elif trial.should_prune():
             study.tell(trial, state=TrialState.PRUNED)
             row.pruned += 1
             row.stopped.append((frozen.number, chosen.screen, accuracy))
         else:
             study.tell(trial, accuracy)
-            for value in history["val_accuracy"]:
-                row.epochs += 1
-                row.points.append((row.epochs, value))
-            row.seconds += sum(history["seconds"])
-            row.best = max(row.best, accuracy)
+            train_full(frozen)
     return row
 
 
