@@ -37,7 +37,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from cifar_search import ledger, storage
+from cifar_search import ledger, screening, storage
 from cifar_search.config import StudyConfig
 from cifar_search.screening import (
     SCREEN_EPOCHS,
@@ -208,46 +208,49 @@ def screen_replay(chosen: Candidate, trials: Sequence[optuna.trial.FrozenTrial],
     """Replay a screening candidate with the project's :class:`ScreenPruner`: each trial
     reports its short run at the screening step and costs it, and its full run too if it is
     kept (the full run's curve as the unpruned study recorded it). A promoting candidate
-    holds its first ``promote`` trials after their short runs, then trains the best of them
-    in full."""
+    holds and promotes by the project's rule (:func:`screening.holds`,
+    :func:`screening.to_promote`), the promoted trial's full run costing its epochs alone."""
     pruner = ScreenPruner(keep=chosen.keep, n_startup_trials=chosen.startup)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     row = Row(chosen.name, 0, 0, 0, 0.0, float("-inf"))
 
-    def train_full(frozen: optuna.trial.FrozenTrial) -> None:
+    def train_full(frozen: optuna.trial.FrozenTrial) -> float:
         history = frozen.user_attrs["history"]
         for value in history["val_accuracy"]:
             row.epochs += 1
             row.points.append((row.epochs, value))
         row.seconds += sum(history["seconds"])
         row.best = max(row.best, max(history["val_accuracy"]))
+        return max(history["val_accuracy"])
 
-    held: list[optuna.trial.FrozenTrial] = []
+    source_of: dict[int, optuna.trial.FrozenTrial] = {}
     for frozen in trials:
         accuracy = max(frozen.user_attrs["history"]["val_accuracy"])
         run = short[frozen.number]
         trial = study.ask()
+        source_of[trial.number] = frozen
         trial.report(run.accuracy, SCREEN_STEP)
         row.trials += 1
         row.epochs += chosen.screen
         row.seconds += run.seconds
         row.points.append((row.epochs, run.accuracy))  # The short run's last epoch.
-        if len(held) < chosen.promote:
-            study.tell(trial, state=TrialState.PRUNED)
-            held.append(frozen)
-            if len(held) == chosen.promote:
-                promoted = max(held, key=lambda t: short[t.number].accuracy)
-                row.pruned += chosen.promote - 1
-                row.stopped += [(t.number, chosen.screen, max(t.user_attrs["history"][
-                    "val_accuracy"])) for t in held if t is not promoted]
-                train_full(promoted)
-        elif trial.should_prune():
+        held = chosen.promote and screening.holds(study.get_trials(deepcopy=False),
+                                                  len(trials) + 1, chosen.promote)
+        if held:
+            trial.set_user_attr(ledger.HELD_ATTR, True)
+        if held or trial.should_prune():
             study.tell(trial, state=TrialState.PRUNED)
             row.pruned += 1
             row.stopped.append((frozen.number, chosen.screen, accuracy))
         else:
             study.tell(trial, accuracy)
             train_full(frozen)
+        if held and (best := screening.to_promote(study.get_trials(deepcopy=False),
+                                                  chosen.promote)) is not None:
+            row.trials += 1
+            study.add_trial(optuna.trial.create_trial(
+                value=train_full(source_of[best.number]),
+                user_attrs={ledger.PROMOTED_ATTR: best.number}))
     return row
 
 

@@ -57,6 +57,10 @@ FAIL_REASON_ATTR = "fail_reason"  # set on a failure that must not be retried
 # Set on the trials a study queues by name, to be measured whatever they score early.
 PRESET_ATTR = "preset"  # the preset's name
 REFERENCE_ATTR = "reference"  # what it is the reference of ("seed baseline")
+# Screening's start in a cold study (cifar_search.screening): trials held after their short
+# runs, and the full run queued for the best of them (the held trial's number).
+HELD_ATTR = "held"
+PROMOTED_ATTR = "promoted_from"
 FAILED_TRIAL_KEY = "failed_trial"  # Optuna's retry system attributes
 RETRY_HISTORY_KEY = "retry_history"
 
@@ -314,6 +318,19 @@ class Ledger:
                     return False
             self.study.enqueue_trial(dict(params), user_attrs=dict(user_attrs))
             return True
+
+    def enqueue_promotion(self, choose: Callable[[list[FrozenTrial]], FrozenTrial | None]
+                          ) -> int | None:
+        """Queue the full run of the trial that ``choose`` picks from the study's trials (it
+        sees any full run already queued, so two workers never both queue one); the number of
+        the trial promoted, or None."""
+        with self.lock():
+            chosen = choose(self.trials())
+            if chosen is None:
+                return None
+            self.study.enqueue_trial(dict(chosen.params),
+                                     user_attrs={PROMOTED_ATTR: chosen.number})
+            return chosen.number
 
     # Claiming.
 

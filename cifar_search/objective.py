@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import optuna
 
-from cifar_search import screening, space, training
+from cifar_search import ledger, screening, space, training
 from cifar_search.checkpoints import CheckpointStore, config_hash
 from cifar_search.config import StudyConfig, TrainConfig
 
@@ -63,7 +63,9 @@ class Objective:
     """Trains a claimed trial; holds the worker's in-memory data.
 
     ``checkpoints`` (with the storage's ``study_id``) saves a checkpoint after every epoch
-    and resumes a retried trial from the one its failed predecessor handed it.
+    and resumes a retried trial from the one its failed predecessor handed it. ``n_trials``
+    (the study's total, as this worker was given it) lets a cold study hold its first
+    screened trials (:func:`cifar_search.screening.holds`); None holds none.
     """
 
     train_data: tuple[np.ndarray, np.ndarray]
@@ -72,6 +74,7 @@ class Objective:
     checkpoints: CheckpointStore | None = None
     study_id: int = 0
     log: Callable[[str], None] = print
+    n_trials: int | None = None
 
     def __call__(self, trial: optuna.Trial, trial_id: int, key: int, *,
                  between_batches: Callable[[], None] | None = None) -> float:
@@ -88,7 +91,8 @@ class Objective:
                               ).replace(precise_bn=self.study_config.precise_bn)
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("family", config.family)
-        if screening.screens(self.study_config):
+        if (screening.screens(self.study_config)
+                and ledger.PROMOTED_ATTR not in trial.user_attrs):  # Screened when held.
             self._screen(trial, config, between_batches)
 
         model, start, history = self._resume(trial, trial_id, config.to_dict())
@@ -121,11 +125,14 @@ class Objective:
 
     def _screen(self, trial: optuna.Trial, config: TrainConfig,
                 between_batches: Callable[[], None] | None) -> None:
-        """Train the short run of :mod:`cifar_search.screening`, report it at its step and
-        prune the trial if it lags. A retry of a trial that passed reports it again."""
+        """Train the short run of :mod:`cifar_search.screening`, report it at its step, and
+        hold the trial or prune it if it lags. A retry of a trial that was kept or held
+        reports it again, and is again kept or held."""
         screen = trial.user_attrs.get(screening.SCREEN_ATTR)
-        if screen is not None:  # Kept before its worker died: not judged twice.
+        if screen is not None:  # Judged before its worker died: not judged twice.
             trial.report(screen["val_accuracy"][-1], screening.SCREEN_STEP)
+            if ledger.HELD_ATTR in trial.user_attrs:
+                raise optuna.TrialPruned("held after its screen")
             return
         epochs = screening.SCREEN_EPOCHS
         self.log(f"trial {trial.number} screens on {epochs} epochs: {config.describe()}")
@@ -140,8 +147,14 @@ class Objective:
         if recorder.non_finite:
             raise NonFiniteLossError(f"{recorder.non_finite} of its screen")
         trial.report(recorder.history["val_accuracy"][-1], screening.SCREEN_STEP)
-        pruned = trial.should_prune()
+        held = self.n_trials is not None and screening.holds(
+            trial.study.get_trials(deepcopy=False), self.n_trials)
+        pruned = not held and trial.should_prune()
         trial.set_user_attr(screening.SCREEN_ATTR, recorder.history)
+        if held:
+            trial.set_user_attr(ledger.HELD_ATTR, True)
+            raise optuna.TrialPruned(f"held after {epochs} epochs, for the best of the first "
+                                     f"{screening.PROMOTE} to go on")
         if pruned:
             raise optuna.TrialPruned(f"screened out after {epochs} epochs")
 

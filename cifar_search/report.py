@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from cifar_search.config import TrainConfig
 from cifar_search.data import TEST_NOTE
-from cifar_search.ledger import DONE, Retry, evaluations, given_up
+from cifar_search.ledger import DONE, HELD_ATTR, PROMOTED_ATTR, Retry, evaluations, given_up
 from cifar_search.screening import epochs_trained, seconds_trained
 
 if TYPE_CHECKING:
@@ -32,9 +32,14 @@ def _row(trial: optuna.trial.FrozenTrial) -> list[str]:
     history = attrs.get("history", {}).get("val_accuracy", [])
     best = max(history) if history else None
     duration = trial.duration.total_seconds() if trial.duration else None
+    state = trial.state.name
+    if HELD_ATTR in attrs:
+        state += " (held)"
+    if PROMOTED_ATTR in attrs:
+        state += f" (promoted from {attrs[PROMOTED_ATTR]})"
     return [
         str(trial.number),
-        trial.state.name,
+        state,
         TrainConfig.from_dict(config).describe() if config else "-",
         f"{best:.4f}" if best is not None else "-",
         str(history.index(best) + 1) if best is not None else "-",

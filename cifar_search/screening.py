@@ -12,6 +12,13 @@ top ``SCREEN_KEEP`` share of all the others' is pruned, unless the study queued 
 full budget from scratch (reported at steps 1, 2, ...), so it costs ``SCREEN_EPOCHS`` more
 epochs than unscreened.
 
+A cold study (no trial queued by name) would so train its first trial in full whatever its
+short run. Instead it *holds* its first ``PROMOTE`` trials after their short runs (pruned,
+marked held), then queues the full run of the best of them as a new trial (marked promoted),
+which skips its screen; later trials are screened against all earlier short runs. In the
+replay of docs/PERFORMANCE.md section 10 this reached better trials sooner on both unpruned
+studies and saved more epochs, keeping the best as often.
+
 It is the default pruner: of 17 candidates replayed on two unpruned studies (200 trial
 orders each), by rules written before the replays, it saved the most epochs (51.0% and 44.3%)
 among those keeping the best within 0.5 points in 90% of the orders (96% and 98%).
@@ -19,21 +26,24 @@ among those keeping the best within 0.5 points in 90% of the orders (96% and 98%
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from cifar_search.config import StudyConfig
-from cifar_search.ledger import PRESET_ATTR, REFERENCE_ATTR
+from cifar_search.ledger import HELD_ATTR, PRESET_ATTR, PROMOTED_ATTR, REFERENCE_ATTR, counted
 
 # The short run's epochs, the share of trials kept, and how many trials are screened before
 # any is pruned (5 kept the best as often in the replay but saved 11 points fewer epochs).
 SCREEN_EPOCHS = 2
 SCREEN_KEEP = 0.25
 STARTUP_TRIALS = 1
+# The trials a cold study holds before promoting the best (2 reached better trials sooner than
+# 3 or 4 in the replay, by the rule written before it).
+PROMOTE = 2
 # The step at which a trial reports its short run (full-run epochs are reported from 1).
 SCREEN_STEP = 0
 # The trial's user attribute holding the short run's curves (as "history" holds the full run's).
@@ -74,6 +84,32 @@ class ScreenPruner(optuna.pruners.BasePruner):
             return False
         threshold = np.percentile(others, 100 * (1 - self.keep))
         return bool(trial.intermediate_values[SCREEN_STEP] < threshold)
+
+
+def holds(trials: Sequence[FrozenTrial], n_trials: int, promote: int = PROMOTE) -> bool:
+    """Whether a study of ``trials`` holds the trial that has just reported its short run:
+    the study is cold (no trial queued by name), has not queued a promotion, holds fewer than
+    ``promote`` trials, and its total (``n_trials``) leaves room for the rest of them and for
+    the promoted full run (so a small study still trains one trial in full)."""
+    if any({PRESET_ATTR, REFERENCE_ATTR, PROMOTED_ATTR} & t.user_attrs.keys() for t in trials):
+        return False
+    held = sum(HELD_ATTR in t.user_attrs for t in trials if t.state != TrialState.FAIL)
+    return held < promote and counted(trials) + promote - held <= n_trials
+
+
+def to_promote(trials: Sequence[FrozenTrial], promote: int = PROMOTE) -> FrozenTrial | None:
+    """The held trial whose full run is to be queued now, if any: the one with the best short
+    run, once every held trial has ended and no more will be held (``promote`` of them, or a
+    later trial was screened without being held); None if a promotion is already queued."""
+    if any(PROMOTED_ATTR in t.user_attrs for t in trials):
+        return None
+    live = [t for t in trials if t.state != TrialState.FAIL]
+    held = [t for t in live if HELD_ATTR in t.user_attrs]
+    ended = len(held) >= promote or any(
+        SCREEN_STEP in t.intermediate_values and HELD_ATTR not in t.user_attrs for t in live)
+    if not held or not ended or any(t.state != TrialState.PRUNED for t in held):
+        return None
+    return max(held, key=lambda t: t.intermediate_values[SCREEN_STEP])
 
 
 def epochs_trained(user_attrs: Mapping[str, Any]) -> int:

@@ -25,6 +25,7 @@ from cifar_search.errors import CifarSearchError, StudyLockedError
 from cifar_search.interrupts import Interrupts
 from cifar_search.ledger import (
     FINISHED,
+    HELD_ATTR,
     PRESET_ATTR,
     REFERENCE_ATTR,
     Ledger,
@@ -199,7 +200,7 @@ def run_search(
 
     objective = Objective((images[train_idx], labels[train_idx]),
                           (images[val_idx], labels[val_idx]), config, ledger.checkpoints,
-                          ledger.study_id, log)
+                          ledger.study_id, log, n_trials)
     optimize(ledger, objective, n_trials=n_trials, max_trials=max_trials, timeout=timeout,
              sampler_seed=config.seed if sampler_seed is None else sampler_seed,
              random_trials=random_trials, log=log)
@@ -295,8 +296,12 @@ def _train(ledger: Ledger, objective: Objective, trial_id: int, number: int, *,
     ledger.checkpoints.delete(trial_id)
     frozen = ledger.storage.get_trial(trial_id)
     shown = "" if frozen.value is None else f", validation accuracy {frozen.value:.4f}"
-    log(f"trial {number} {frozen.state.name.lower()}{shown}"
+    held = HELD_ATTR in frozen.user_attrs
+    log(f"trial {number} {'held' if held else frozen.state.name.lower()}{shown}"
         f"{f' ({reason})' if reason else ''}; {summary_line(study)}")
+    if held and (promoted := ledger.enqueue_promotion(screening.to_promote)) is not None:
+        log(f"trial {promoted} had the best short run of the {screening.PROMOTE} held: its "
+            f"full run is queued")
     from cifar_search.dashboard import write_notes  # Deferred: the supervisor needs none.
 
     with ledger.lock():  # One writer at a time: a note is several rows.

@@ -20,16 +20,19 @@ from collections.abc import Callable
 import optuna
 import pytest
 import sqlalchemy
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from cifar_search import checkpoints, cli, storage
+from cifar_search import checkpoints, cli, screening, storage
 from cifar_search import ledger as ledger_module
 from cifar_search.config import StudyConfig
 from cifar_search.errors import EXIT_LOCKED, CifarSearchError, StudyLockedError
 from cifar_search.interrupts import Interrupts
 from cifar_search.ledger import (
     DONE,
+    HELD_ATTR,
     MAX_RETRIES,
+    PROMOTED_ATTR,
     WORKER_ATTR,
     Ledger,
     counted,
@@ -159,6 +162,23 @@ def test_a_preset_is_queued_once_by_two_workers_joining_together(
                     lambda: second.enqueue(PARAMS, {"preset": "p"}))
     assert sorted(results) == [False, True]
     assert len(first.trials()) == 1
+
+
+def test_a_promotion_is_queued_once_by_two_workers_ending_held_trials_together(
+        storage_url, study_name, interleave):
+    first, second = (_ledger(storage_url, study_name) for _ in range(2))
+    for value, optimizer in ((0.4, "sgd"), (0.6, "adam")):
+        first.study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED, params={**PARAMS, "optimizer": optimizer},
+            distributions={"optimizer": CategoricalDistribution(["adam", "sgd"]),
+                           "learning_rate": FloatDistribution(1e-4, 1e-1, log=True)},
+            intermediate_values={screening.SCREEN_STEP: value}, user_attrs={HELD_ATTR: True}))
+    interleave(Ledger, "trials")
+    results = _both(lambda: first.enqueue_promotion(screening.to_promote),
+                    lambda: second.enqueue_promotion(screening.to_promote))
+    assert sorted(results, key=str) == [1, None]
+    queued = [t for t in first.trials() if t.state == TrialState.WAITING]
+    assert [(_params(t), t.user_attrs) for t in queued] == [(PARAMS, {PROMOTED_ATTR: 1})]
 
 
 def test_the_first_worker_freezes_and_a_joiner_sees_it_at_once(storage_url, study_name):

@@ -137,6 +137,22 @@ def test_a_screen_with_fewer_startup_trials_judges_sooner():
     assert replay(candidate("screen"), source, short_runs=short).stopped == sooner.stopped
 
 
+def test_promoting_holds_the_first_two_and_trains_the_better_in_full():
+    source = unpruned_study([STEADY, SLOW_STARTER, STUCK, STEADY])
+    short = {2: {0: ShortRun(0.5, 9.0), 1: ShortRun(0.6, 9.0), 2: ShortRun(0.1, 9.0),
+                 3: ShortRun(0.7, 9.0)}}
+    row = replay(candidate("screen-promote2"), source, short_runs=short)
+    # 0 and 1 held; 1 (the better short run) trained in full; 2 below the others' 75th
+    # percentile; 3 above it, kept.
+    assert [n for n, _, _ in row.stopped] == [0, 1, 2]
+    assert (row.trials, row.pruned, row.best) == (5, 3, 0.9)
+    assert row.epochs == 4 * 2 + 2 * 10
+    assert row.points[:3] == [(2, 0.5), (4, 0.6), (5, SLOW_STARTER[0])]
+    assert row.pruner == "screen, the best of the first 2 short runs promoted"
+    plain = replay(candidate("screen"), source, short_runs=short)  # Trial 0 trained in full.
+    assert plain.points[1] == (3, STEADY[0])
+
+
 def test_the_best_by_a_number_of_epochs_counts_every_epoch_trained_in_order():
     source = unpruned_study([STEADY, SLOW_STARTER])
     none = replay(candidate("none"), source)

@@ -86,6 +86,95 @@ def test_screening_applies_only_where_it_pays():
         ScreenPruner(keep=0.0)
 
 
+def held_trial(study: optuna.Study, value: float, state: TrialState = TrialState.PRUNED
+               ) -> None:
+    """Add a trial held after a short run of ``value``."""
+    trial = study.ask()
+    trial.report(value, SCREEN_STEP)
+    trial.set_user_attr(ledger.HELD_ATTR, True)
+    if state != TrialState.RUNNING:
+        study.tell(trial, state=state)
+
+
+def test_a_cold_study_holds_its_first_two_screened_trials_while_it_has_room():
+    study = optuna.create_study(direction="maximize")
+    for _ in range(2):
+        trial = study.ask()  # Its short run just ended (running trials count toward the total).
+        assert screening.holds(study.trials, n_trials=3)
+        assert not screening.holds(study.trials, n_trials=2)  # No room for 2 held + 1 full.
+        trial.set_user_attr(ledger.HELD_ATTR, True)
+        study.tell(trial, state=TrialState.PRUNED)
+    study.ask()
+    assert not screening.holds(study.trials, n_trials=100)  # Two held already.
+
+
+def test_a_failed_held_trial_is_held_again_by_its_retry_not_twice():
+    study = optuna.create_study(direction="maximize")
+    held_trial(study, 0.5, TrialState.FAIL)
+    study.ask()
+    assert screening.holds(study.trials, n_trials=10)  # The failed one does not count.
+    assert screening.to_promote(study.trials) is None  # Nothing held has ended.
+
+
+@pytest.mark.parametrize("attr", [ledger.PRESET_ATTR, ledger.REFERENCE_ATTR])
+def test_a_warm_started_study_holds_nothing(attr):
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({}, user_attrs={attr: "x"})
+    study.ask()
+    assert not screening.holds(study.trials, n_trials=100)
+
+
+def test_the_best_held_short_run_is_promoted_once_all_have_ended():
+    study = optuna.create_study(direction="maximize")
+    held_trial(study, 0.6)
+    assert screening.to_promote(study.trials) is None  # One more to hold.
+    held_trial(study, 0.7, TrialState.RUNNING)
+    assert screening.to_promote(study.trials) is None  # Still running.
+    study.tell(1, state=TrialState.PRUNED)
+    assert screening.to_promote(study.trials).number == 1
+    study.enqueue_trial({}, user_attrs={ledger.PROMOTED_ATTR: 1})
+    assert screening.to_promote(study.trials) is None  # Queued already.
+    assert not screening.holds(study.trials, n_trials=100)
+
+
+def test_a_hold_cut_short_promotes_what_it_held():
+    study = optuna.create_study(direction="maximize")
+    held_trial(study, 0.6)
+    screened(study, 0.4, TrialState.PRUNED)  # Not held (say, another worker's race).
+    assert screening.to_promote(study.trials).number == 0
+
+
+def test_a_live_cold_study_holds_two_and_trains_the_better_in_full(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/cold.db"
+    study = optuna.create_study(study_name="c", storage=url, direction="maximize")
+    # Trial 0 stands for the retry of a trial held before its worker died: held again, on
+    # the short run it carries (outside the space on purpose: it would learn nothing).
+    study.enqueue_trial(params_of(TrainConfig(optimizer="sgd", learning_rate=1e-7)),
+                        user_attrs={"screen": {"val_accuracy": [0.1, 0.1], "seconds": [1, 1]},
+                                    ledger.HELD_ATTR: True})
+    better = params_of(TrainConfig(optimizer="adam", learning_rate=1e-3))
+    study.enqueue_trial(better)
+    lines: list[str] = []
+    given = {"train_size": 1500, "val_size": 300, "max_epochs": 5, "pruner": "screen"}
+    run_search("c", url, given=given, n_trials=3, data_dir=str(data_dir), presets=[],
+               enqueue_baseline=False, log=lines.append)
+
+    trials = optuna.load_study(study_name="c", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2 + [TrialState.COMPLETE]
+    assert all(t.user_attrs[ledger.HELD_ATTR] for t in trials[:2])
+    promoted = trials[2]
+    assert promoted.user_attrs[ledger.PROMOTED_ATTR] == 1 and promoted.params == better
+    # Its short run was its held trial's: not trained, not reported again.
+    assert "screen" not in promoted.user_attrs
+    assert sorted(promoted.intermediate_values) == [1, 2, 3, 4, 5]
+    assert not any(line.startswith("trial 0 screen") for line in lines)
+    assert "trial 1 had the best short run of the 2 held: its full run is queued" in lines
+    results = api.results("c", storage=url)
+    assert [r.epochs_run for r in results.trials] == [2, 2, 5]
+    states = [line.split("  ")[1] for line in results.table().splitlines()[4:7]]
+    assert states == ["PRUNED (held)", "PRUNED (held)", "COMPLETE (promoted from 1)"]
+
+
 def test_epochs_trained_counts_the_screen():
     attrs = {"screen": {"val_accuracy": [0.1, 0.2], "seconds": [1.0, 2.0]},
              "history": {"val_accuracy": [0.3] * 5, "seconds": [3.0] * 5}}
