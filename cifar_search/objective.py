@@ -146,13 +146,17 @@ class Objective:
         gc.collect()
         if recorder.non_finite:
             raise NonFiniteLossError(f"{recorder.non_finite} of its screen")
-        trial.report(recorder.history["val_accuracy"][-1], screening.SCREEN_STEP)
-        held = self.n_trials is not None and screening.holds(
-            trial.study.get_trials(deepcopy=False), self.n_trials)
-        pruned = not held and trial.should_prune()
-        trial.set_user_attr(screening.SCREEN_ATTR, recorder.history)
+        # Marked held before its short run is reported: a screened trial without the mark
+        # was judged by the pruner, and so ended the holding (screening.to_promote).
+        held = ledger.HELD_ATTR in trial.user_attrs or (
+            self.n_trials is not None
+            and screening.holds(trial.study.get_trials(deepcopy=False), self.n_trials))
         if held:
             trial.set_user_attr(ledger.HELD_ATTR, True)
+        trial.report(recorder.history["val_accuracy"][-1], screening.SCREEN_STEP)
+        pruned = held or trial.should_prune()
+        trial.set_user_attr(screening.SCREEN_ATTR, recorder.history)
+        if held:
             raise optuna.TrialPruned(f"held after {epochs} epochs, for the best of the first "
                                      f"{screening.PROMOTE} to go on")
         if pruned:
