@@ -87,7 +87,7 @@ class ScreenPruner(optuna.pruners.BasePruner):
 
 
 def holds(trials: Sequence[FrozenTrial], n_trials: int, promote: int = PROMOTE) -> bool:
-    """Whether a study of ``trials`` holds the trial that has just reported its short run:
+    """Whether a study of ``trials`` holds the trial that has just trained its short run:
     the study is cold (no trial queued by name), has not queued a promotion, holds fewer than
     ``promote`` trials, and its total (``n_trials``) leaves room for the rest of them and for
     the promoted full run (so a small study still trains one trial in full)."""

@@ -248,6 +248,11 @@ def optimize(ledger: Ledger, objective: Objective, *, n_trials: int,
             interrupts.check()
             if deadline is not None and time.monotonic() >= deadline:
                 return
+            # Before each claim, so that a promotion whose held trial's worker died before
+            # queuing it is queued by the next claim anywhere.
+            if (promoted := ledger.enqueue_promotion(screening.to_promote)) is not None:
+                log(f"trial {promoted} had the best short run of the trials held: its full "
+                    f"run is queued")
             claimed = ledger.claim(n_trials, owner)
             if claimed is None:
                 return
@@ -299,9 +304,6 @@ def _train(ledger: Ledger, objective: Objective, trial_id: int, number: int, *,
     held = HELD_ATTR in frozen.user_attrs
     log(f"trial {number} {'held' if held else frozen.state.name.lower()}{shown}"
         f"{f' ({reason})' if reason else ''}; {summary_line(study)}")
-    if held and (promoted := ledger.enqueue_promotion(screening.to_promote)) is not None:
-        log(f"trial {promoted} had the best short run of the {screening.PROMOTE} held: its "
-            f"full run is queued")
     from cifar_search.dashboard import write_notes  # Deferred: the supervisor needs none.
 
     with ledger.lock():  # One writer at a time: a note is several rows.

@@ -6,10 +6,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cifar_search import api, ledger, screening
+from cifar_search import api, ledger, screening, space
 from cifar_search.config import StudyConfig, TrainConfig
 from cifar_search.screening import SCREEN_STEP, ScreenPruner
-from cifar_search.search import make_pruner, run_search
+from cifar_search.search import load_train_set, make_pruner, prepare_study, run_search
 from cifar_search.space import params_of
 
 
@@ -168,11 +168,30 @@ def test_a_live_cold_study_holds_two_and_trains_the_better_in_full(tmp_path, dat
     assert "screen" not in promoted.user_attrs
     assert sorted(promoted.intermediate_values) == [1, 2, 3, 4, 5]
     assert not any(line.startswith("trial 0 screen") for line in lines)
-    assert "trial 1 had the best short run of the 2 held: its full run is queued" in lines
+    assert "trial 1 had the best short run of the trials held: its full run is queued" in lines
     results = api.results("c", storage=url)
     assert [r.epochs_run for r in results.trials] == [2, 2, 5]
     states = [line.split("  ")[1] for line in results.table().splitlines()[4:7]]
     assert states == ["PRUNED (held)", "PRUNED (held)", "COMPLETE (promoted from 1)"]
+
+
+def test_a_promotion_lost_with_its_worker_is_queued_by_the_next_claim(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/lost.db"
+    given = {"train_size": 500, "val_size": 200, "max_epochs": 5, "pruner": "screen"}
+    fingerprint = load_train_set(str(data_dir))[2]
+    study = prepare_study("l", url, given, fingerprint)[0].study
+    for value in (0.3, 0.2):  # Both held and ended; the worker died before queuing the best.
+        trial = study.ask()
+        space.sample(trial, epochs=5, seed=0)
+        trial.set_user_attr(ledger.HELD_ATTR, True)
+        trial.report(value, SCREEN_STEP)
+        study.tell(trial, state=TrialState.PRUNED)
+    lines: list[str] = []
+    run_search("l", url, given=given, n_trials=3, data_dir=str(data_dir), log=lines.append)
+    trials = study.get_trials()
+    assert trials[2].user_attrs[ledger.PROMOTED_ATTR] == 0
+    assert trials[2].params == trials[0].params and trials[2].state == TrialState.COMPLETE
+    assert "trial 0 had the best short run of the trials held: its full run is queued" in lines
 
 
 def test_epochs_trained_counts_the_screen():
