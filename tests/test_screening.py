@@ -144,6 +144,16 @@ def test_a_hold_cut_short_promotes_what_it_held():
     assert screening.to_promote(study.trials).number == 0
 
 
+def screened_search(name: str, url: str, data_dir) -> tuple[list, list[str]]:
+    """Run the trials queued in study ``name``, 3 in all, screened on a small slice; its
+    trials and log lines."""
+    lines: list[str] = []
+    given = {"train_size": 1500, "val_size": 300, "max_epochs": 5, "pruner": "screen"}
+    run_search(name, url, given=given, n_trials=3, data_dir=str(data_dir), presets=[],
+               enqueue_baseline=False, log=lines.append)
+    return optuna.load_study(study_name=name, storage=url).get_trials(), lines
+
+
 def test_a_live_cold_study_holds_two_and_trains_the_better_in_full(tmp_path, data_dir):
     url = f"sqlite:///{tmp_path}/cold.db"
     study = optuna.create_study(study_name="c", storage=url, direction="maximize")
@@ -154,12 +164,7 @@ def test_a_live_cold_study_holds_two_and_trains_the_better_in_full(tmp_path, dat
                                     ledger.HELD_ATTR: True})
     better = params_of(TrainConfig(optimizer="adam", learning_rate=1e-3))
     study.enqueue_trial(better)
-    lines: list[str] = []
-    given = {"train_size": 1500, "val_size": 300, "max_epochs": 5, "pruner": "screen"}
-    run_search("c", url, given=given, n_trials=3, data_dir=str(data_dir), presets=[],
-               enqueue_baseline=False, log=lines.append)
-
-    trials = optuna.load_study(study_name="c", storage=url).get_trials()
+    trials, lines = screened_search("c", url, data_dir)
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2 + [TrialState.COMPLETE]
     assert all(t.user_attrs[ledger.HELD_ATTR] for t in trials[:2])
     promoted = trials[2]
@@ -216,12 +221,7 @@ def test_a_live_screen_prunes_the_laggard_and_a_retry_is_not_screened_again(tmp_
                                               batch_size=64)))
     # Outside the space on purpose (Optuna warns and uses it): learns nothing in 2 epochs.
     study.enqueue_trial(params_of(TrainConfig(optimizer="sgd", learning_rate=1e-7)))
-    lines: list[str] = []
-    given = {"train_size": 1500, "val_size": 300, "max_epochs": 5, "pruner": "screen"}
-    run_search("s", url, given=given, n_trials=3, data_dir=str(data_dir), presets=[],
-               enqueue_baseline=False, log=lines.append)
-
-    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    trials, lines = screened_search("s", url, data_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
     assert trials[0].user_attrs["screen"] == kept
     assert not any(line.startswith("trial 0 screen") for line in lines)
