@@ -27,6 +27,8 @@ from cifar_search.report import accuracy, plural
 TARGET_NAME = "validation accuracy"
 TRAIN, VALIDATION, TEST = "#1f77b4", "#ff7f0e", "#d62728"
 PNG_SIZE = {"width": 1000, "height": 420}
+# Renders of one figure before write_pngs gives up (see there).
+RENDER_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -145,14 +147,40 @@ def optuna_views(study: optuna.Study) -> list[View]:
 def write_pngs(figures: Mapping[Path, go.Figure]) -> None:
     """Export the figures as PNG files with kaleido, which drives a local Chrome or Chromium.
 
-    One browser renders them all. Raises CifarSearchError when no browser can be started.
+    One browser renders them all. Kaleido 1.5 can fail a render when the browser's page has
+    not finished loading (``kaleido_scopes is not defined``, seen on a loaded machine), and
+    plotly's ``write_images`` drops the error it returns: a figure is then silently missing.
+    So this asks kaleido directly, renders again whatever failed, up to ``RENDER_ATTEMPTS``
+    times, and raises CifarSearchError (with kaleido's reason) rather than leave a file out.
     """
-    if not figures:
-        return
-    try:
-        pio.write_images(list(figures.values()), list(figures), format="png", **PNG_SIZE)
-    except RuntimeError as exc:  # What plotly/kaleido raise when no browser starts.
-        reason = str(exc).strip().splitlines()[0]
-        raise CifarSearchError(
-            f"cannot write PNG files ({reason}): kaleido needs Chrome or Chromium (Debian: "
-            f"apt-get install chromium, or set BROWSER_PATH to the browser)") from exc
+    import kaleido  # Deferred: plotly imports it only to write images, too.
+
+    for path in figures:
+        path.unlink(missing_ok=True)  # A file left is one this call wrote.
+    specs = [{"fig": figure.to_dict(), "path": path,
+              "opts": {"format": "png", "scale": 1, **PNG_SIZE}}
+             for path, figure in figures.items()]
+    # What plotly's write_images hands kaleido.
+    kopts = {key: value for key in ("plotlyjs", "mathjax", "headers")
+             if (value := getattr(pio.defaults, key, None))}
+    reason = "no reason given"
+    for _ in range(RENDER_ATTEMPTS):
+        pending = [spec for spec in specs if not spec["path"].exists()]
+        if not pending:
+            return
+        try:
+            errors = kaleido.write_fig_from_object_sync(pending, kopts=kopts)
+        except Exception as exc:  # No browser, or it died: one line, no traceback.
+            raise CifarSearchError(
+                f"cannot write PNG files ({_first_line(exc)}): kaleido needs Chrome or "
+                f"Chromium (Debian: apt-get install chromium, or set BROWSER_PATH to the "
+                f"browser)") from exc
+        reason = next((_first_line(e) for e in errors or ()), reason)
+    missing = [spec["path"].name for spec in specs if not spec["path"].exists()]
+    if missing:
+        raise CifarSearchError(f"kaleido could not render {', '.join(missing)} in "
+                               f"{RENDER_ATTEMPTS} attempts: {reason}")
+
+
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import optuna
+import plotly.graph_objects as go
 import pytest
 from conftest import REPORTED, load, one_line_error, run
 from optuna.distributions import CategoricalDistribution
@@ -179,6 +180,35 @@ def test_report_without_a_browser_is_a_one_line_error(reported):
                check=False, env={"BROWSER_PATH": "/nonexistent/chromium"})
     assert "kaleido needs Chrome or Chromium" in one_line_error(done)
     assert not Path(reported[0], "nobrowser", "index.html").exists()
+
+
+def test_a_render_kaleido_fails_is_done_again_never_left_out(tmp_path, monkeypatch):
+    """Kaleido 1.5 fails a render when its page has not loaded yet, and plotly's
+    write_images dropped the error it returned: the report went on without that PNG."""
+    import kaleido
+
+    render = kaleido.write_fig_from_object_sync
+    calls: list[int] = []
+
+    def first_render_fails(specs, **kwargs):
+        calls.append(len(specs))
+        if len(calls) > 1:
+            return render(specs, **kwargs)
+        render(specs[1:], **kwargs)  # The first figure's page "had not loaded".
+        return (RuntimeError("ReferenceError: kaleido_scopes is not defined"),)
+
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", first_render_fails)
+    figures = {tmp_path / f"{name}.png": go.Figure(go.Scatter(y=[1, 3, 2])) for name in "ab"}
+    plots.write_pngs(figures)
+    assert calls == [2, 1]
+    assert all(path.read_bytes().startswith(PNG_MAGIC) for path in figures)
+
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync",
+                        lambda specs, **kwargs: (RuntimeError("the page never loads"),))
+    with pytest.raises(plots.CifarSearchError, match=r"could not render a.png, b.png in 3 "
+                                                     r"attempts: RuntimeError: the page never"):
+        plots.write_pngs(figures)
+    assert not any(path.exists() for path in figures)  # None kept from the earlier call.
 
 
 def synthetic(specs: list[tuple[str, TrialState, float | None, list[float]]]) -> optuna.Study:
