@@ -17,7 +17,7 @@ Usage: python benchmarks/pruning.py [--out logs/pruning] [search flags...]
            --storage sqlite:///docs/studies/pruning-none-15.db \
            [--best-last | --orders 200 [--keep-first 2]] \
            [--candidates median hyperband median-3 median-loss-5 percentile25-3 ...] \
-           [--short-runs logs/short-3.json ... --candidates screen3-half ...]
+           [--short-runs logs/short-3.json ... --candidates screen3-half screen-promote2 ...]
 """
 
 from __future__ import annotations
