@@ -229,15 +229,16 @@ def screen_replay(chosen: Candidate, trials: Sequence[optuna.trial.FrozenTrial],
         run = short[frozen.number]
         trial = study.ask()
         source_of[trial.number] = frozen
+        # Held or not is decided before the short run is reported, as the objective does.
+        held = chosen.promote and screening.holds(study.get_trials(deepcopy=False),
+                                                  len(trials) + 1, chosen.promote)
+        if held:
+            trial.set_user_attr(ledger.HELD_ATTR, True)
         trial.report(run.accuracy, SCREEN_STEP)
         row.trials += 1
         row.epochs += chosen.screen
         row.seconds += run.seconds
         row.points.append((row.epochs, run.accuracy))  # The short run's last epoch.
-        held = chosen.promote and screening.holds(study.get_trials(deepcopy=False),
-                                                  len(trials) + 1, chosen.promote)
-        if held:
-            trial.set_user_attr(ledger.HELD_ATTR, True)
         if held or trial.should_prune():
             study.tell(trial, state=TrialState.PRUNED)
             row.pruned += 1

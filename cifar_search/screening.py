@@ -88,13 +88,22 @@ class ScreenPruner(optuna.pruners.BasePruner):
 
 def holds(trials: Sequence[FrozenTrial], n_trials: int, promote: int = PROMOTE) -> bool:
     """Whether a study of ``trials`` holds the trial that has just trained its short run:
-    the study is cold (no trial queued by name), has not queued a promotion, holds fewer than
+    the study is cold (no trial queued by name) and at its start (no promotion queued, no
+    trial judged on its short run: a resumed study is not held again), holds fewer than
     ``promote`` trials, and its total (``n_trials``) leaves room for the rest of them and for
     the promoted full run (so a small study still trains one trial in full)."""
     if any({PRESET_ATTR, REFERENCE_ATTR, PROMOTED_ATTR} & t.user_attrs.keys() for t in trials):
         return False
+    if _judged(trials):
+        return False
     held = sum(HELD_ATTR in t.user_attrs for t in trials if t.state != TrialState.FAIL)
     return held < promote and counted(trials) + promote - held <= n_trials
+
+
+def _judged(trials: Sequence[FrozenTrial]) -> bool:
+    """Whether a trial was screened and judged (not held): the holding is over."""
+    return any(SCREEN_STEP in t.intermediate_values and HELD_ATTR not in t.user_attrs
+               for t in trials if t.state != TrialState.FAIL)
 
 
 def to_promote(trials: Sequence[FrozenTrial], promote: int = PROMOTE) -> FrozenTrial | None:
@@ -103,10 +112,8 @@ def to_promote(trials: Sequence[FrozenTrial], promote: int = PROMOTE) -> FrozenT
     later trial was screened without being held); None if a promotion is already queued."""
     if any(PROMOTED_ATTR in t.user_attrs for t in trials):
         return None
-    live = [t for t in trials if t.state != TrialState.FAIL]
-    held = [t for t in live if HELD_ATTR in t.user_attrs]
-    ended = len(held) >= promote or any(
-        SCREEN_STEP in t.intermediate_values and HELD_ATTR not in t.user_attrs for t in live)
+    held = [t for t in trials if HELD_ATTR in t.user_attrs and t.state != TrialState.FAIL]
+    ended = len(held) >= promote or _judged(trials)
     if not held or not ended or any(t.state != TrialState.PRUNED for t in held):
         return None
     return max(held, key=lambda t: t.intermediate_values[SCREEN_STEP])

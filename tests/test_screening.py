@@ -108,6 +108,15 @@ def test_a_cold_study_holds_its_first_two_screened_trials_while_it_has_room():
     assert not screening.holds(study.trials, n_trials=100)  # Two held already.
 
 
+def test_a_study_past_its_start_holds_nothing_when_resumed():
+    """A cold study made before promotions existed (cold-start-30: 12 trials, screened and
+    judged) would have held its next two trials on resume."""
+    study = optuna.create_study(direction="maximize", pruner=ScreenPruner())
+    screened(study, 0.5)
+    study.ask()
+    assert not screening.holds(study.trials, n_trials=40)
+
+
 def test_a_failed_held_trial_is_held_again_by_its_retry_not_twice():
     study = optuna.create_study(direction="maximize")
     held_trial(study, 0.5, TrialState.FAIL)
