@@ -319,25 +319,20 @@ class Ledger:
             self.study.enqueue_trial(dict(params), user_attrs=dict(user_attrs))
             return True
 
-    def enqueue_promotion(self, choose: Callable[[list[FrozenTrial]], FrozenTrial | None]
-                          ) -> int | None:
-        """Queue the full run of the trial that ``choose`` picks from the study's trials (it
-        sees any full run already queued, so two workers never both queue one); the number of
-        the trial promoted, or None."""
-        with self.lock():
-            chosen = choose(self.trials())
-            if chosen is None:
-                return None
-            self.study.enqueue_trial(dict(chosen.params),
-                                     user_attrs={PROMOTED_ATTR: chosen.number})
-            return chosen.number
-
     # Claiming.
 
-    def claim(self, n_trials: int, owner: str) -> tuple[int, int] | None:
+    def claim(self, n_trials: int, owner: str, *,
+              promote: Callable[[list[FrozenTrial]], FrozenTrial | None] | None = None
+              ) -> tuple[int, int] | None:
         """Claim the next trial for ``owner`` unless ``n_trials`` already count: a queued
         retry first, then a queued trial, else a new one. Returns its (trial id, number), or
         None.
+
+        ``promote`` picks, from the study's trials, one whose parameters are to train in
+        full now (screening's start: :func:`cifar_search.screening.to_promote`); its full
+        run is queued (marked ``promoted_from``) and claimed in the same step, after any
+        waiting retry. Under the claim's lock, so two workers never both queue it, and one
+        lost with its worker is queued by the next claim anywhere.
 
         The claimed trial is RUNNING with its first heartbeat and its owner, written in one
         transaction: a worker killed a moment later leaves a trial that the heartbeat rule
@@ -349,6 +344,10 @@ class Ledger:
             trials = self.trials()
             if counted(trials) >= n_trials:
                 return None
+            if promote is not None and (chosen := promote(trials)) is not None:
+                self.study.enqueue_trial(dict(chosen.params),
+                                         user_attrs={PROMOTED_ATTR: chosen.number})
+                trials = self.trials()
             # Retries first (they resume from a checkpoint), then queue order.
             waiting = sorted((t for t in trials if t.state == TrialState.WAITING),
                              key=lambda t: (not retry_history(t), t.number))

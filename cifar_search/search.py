@@ -27,6 +27,7 @@ from cifar_search.ledger import (
     FINISHED,
     HELD_ATTR,
     PRESET_ATTR,
+    PROMOTED_ATTR,
     REFERENCE_ATTR,
     Ledger,
     Retry,
@@ -248,12 +249,7 @@ def optimize(ledger: Ledger, objective: Objective, *, n_trials: int,
             interrupts.check()
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            # Before each claim, so that a promotion whose held trial's worker died before
-            # queuing it is queued by the next claim anywhere.
-            if (promoted := ledger.enqueue_promotion(screening.to_promote)) is not None:
-                log(f"trial {promoted} had the best short run of the trials held: its full "
-                    f"run is queued")
-            claimed = ledger.claim(n_trials, owner)
+            claimed = ledger.claim(n_trials, owner, promote=screening.to_promote)
             if claimed is None:
                 return
             ran += 1
@@ -276,7 +272,11 @@ def _train(ledger: Ledger, objective: Objective, trial_id: int, number: int, *,
 
     study = ledger.study
     trial = optuna.Trial(study, trial_id)  # The sampler proposes here.
-    key = original_number(ledger.storage.get_trial(trial_id))
+    claimed = ledger.storage.get_trial(trial_id)
+    key = original_number(claimed)
+    if (promoted := claimed.user_attrs.get(PROMOTED_ATTR)) is not None:
+        log(f"trial {number} trains trial {promoted}'s parameters in full: the best short run "
+            f"of the trials held")
     value, state, reason = None, TrialState.COMPLETE, None
     try:
         with Heartbeat(ledger.storage, trial_id):

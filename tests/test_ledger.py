@@ -41,6 +41,8 @@ from cifar_search.ledger import (
 )
 
 PARAMS = {"optimizer": "adam", "learning_rate": 1e-3}
+DISTRIBUTIONS = {"optimizer": CategoricalDistribution(["adam", "sgd"]),
+                 "learning_rate": FloatDistribution(1e-4, 1e-1, log=True)}
 
 
 def _ledger(url: str, name: str, heartbeat: int = 10) -> Ledger:
@@ -164,21 +166,39 @@ def test_a_preset_is_queued_once_by_two_workers_joining_together(
     assert len(first.trials()) == 1
 
 
-def test_a_promotion_is_queued_once_by_two_workers_ending_held_trials_together(
+def test_two_workers_claiming_after_held_trials_queue_one_promotion_and_one_takes_it(
         storage_url, study_name, interleave):
     first, second = (_ledger(storage_url, study_name) for _ in range(2))
     for value, optimizer in ((0.4, "sgd"), (0.6, "adam")):
         first.study.add_trial(optuna.trial.create_trial(
             state=TrialState.PRUNED, params={**PARAMS, "optimizer": optimizer},
-            distributions={"optimizer": CategoricalDistribution(["adam", "sgd"]),
-                           "learning_rate": FloatDistribution(1e-4, 1e-1, log=True)},
+            distributions=DISTRIBUTIONS,
             intermediate_values={screening.SCREEN_STEP: value}, user_attrs={HELD_ATTR: True}))
     interleave(Ledger, "trials")
-    results = _both(lambda: first.enqueue_promotion(screening.to_promote),
-                    lambda: second.enqueue_promotion(screening.to_promote))
-    assert sorted(results, key=str) == [1, None]
-    queued = [t for t in first.trials() if t.state == TrialState.WAITING]
-    assert [(_params(t), t.user_attrs) for t in queued] == [(PARAMS, {PROMOTED_ATTR: 1})]
+    results = _both(lambda: first.claim(5, "w1", promote=screening.to_promote),
+                    lambda: second.claim(5, "w2", promote=screening.to_promote))
+    assert sorted(number for _, number in results) == [2, 3]
+    promoted = [t for t in first.trials() if PROMOTED_ATTR in t.user_attrs]
+    assert [(t.number, _params(t), t.user_attrs[PROMOTED_ATTR]) for t in promoted] == [
+        (2, PARAMS, 1)]
+    assert [t.state for t in first.trials()[2:]] == [TrialState.RUNNING] * 2
+
+
+def test_a_waiting_retry_is_claimed_before_the_promotion_it_waits_beside(
+        storage_url, study_name):
+    ledger = _ledger(storage_url, study_name)
+    for value in (0.4, 0.6):
+        ledger.study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED, params=PARAMS, distributions=DISTRIBUTIONS,
+            intermediate_values={screening.SCREEN_STEP: value}, user_attrs={HELD_ATTR: True}))
+    _, number = ledger.claim(5, "dead:1")  # Without promote: another trial, then it dies.
+    ledger.fail(number)
+    [retry] = ledger.requeue({number})
+    assert ledger.claim(5, "w", promote=screening.to_promote)[1] == retry.retry == 3
+    assert ledger.claim(5, "w", promote=screening.to_promote)[1] == 4
+    trials = ledger.trials()
+    assert [PROMOTED_ATTR in t.user_attrs for t in trials] == [False] * 4 + [True]
+    assert trials[4].user_attrs[PROMOTED_ATTR] == 1
 
 
 def test_the_first_worker_freezes_and_a_joiner_sees_it_at_once(storage_url, study_name):

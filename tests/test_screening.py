@@ -182,7 +182,8 @@ def test_a_live_cold_study_holds_two_and_trains_the_better_in_full(tmp_path, dat
     assert "screen" not in promoted.user_attrs
     assert sorted(promoted.intermediate_values) == [1, 2, 3, 4, 5]
     assert not any(line.startswith("trial 0 screen") for line in lines)
-    assert "trial 1 had the best short run of the trials held: its full run is queued" in lines
+    assert ("trial 2 trains trial 1's parameters in full: the best short run of the trials "
+            "held") in lines
     results = api.results("c", storage=url)
     assert [r.epochs_run for r in results.trials] == [2, 2, 5]
     states = [line.split("  ")[1] for line in results.table().splitlines()[4:7]]
@@ -205,7 +206,8 @@ def test_a_promotion_lost_with_its_worker_is_queued_by_the_next_claim(tmp_path, 
     trials = study.get_trials()
     assert trials[2].user_attrs[ledger.PROMOTED_ATTR] == 0
     assert trials[2].params == trials[0].params and trials[2].state == TrialState.COMPLETE
-    assert "trial 0 had the best short run of the trials held: its full run is queued" in lines
+    assert ("trial 2 trains trial 0's parameters in full: the best short run of the trials "
+            "held") in lines
 
 
 def test_epochs_trained_counts_the_screen():
