@@ -65,7 +65,7 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     """Run ``arm`` for the budget; its epochs as (seconds since start, val accuracy)."""
     budget = 60 * max(args.checkpoints)
     points: list[tuple[float, float]] = []
-    log = (out / f"{arm}-{args.seed}.log").open("w")
+    log = (out / f"{arm}-{args.seed}.log").open("w", buffering=1)  # Line by line.
     start = time.monotonic()
     proc = subprocess.Popen(arm_command(arm, args, out), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1,

@@ -153,7 +153,7 @@ def search(
     default); ``presets`` None queues the best known preset in a new study, ``[]`` none.
     Each trial's proposal is seeded by ``sampler_seed`` (default: the study's ``seed``) and
     the trial's number, so the same call proposes the same first trials; the first
-    ``random_trials`` (default 10, Optuna's) are drawn at random. Runs the trials in
+    ``random_trials`` (default 3) are drawn at random. Runs the trials in
     this process. Ctrl-C stops it with the running trial re-queued.
 
     Example::

@@ -306,8 +306,7 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         "is repeatable and workers sharing a study never draw alike")
     parser.add_argument("--random-trials", type=_non_negative, default=RANDOM_TRIALS,
                         metavar="N", help="trials the sampler draws at random before TPE "
-                        f"models the study (finished or pruned ones; default: {RANDOM_TRIALS}, "
-                        "Optuna's)")
+                        f"models the study (finished or pruned ones; default: {RANDOM_TRIALS})")
     parser.add_argument("--recycle", type=_non_negative, default=DEFAULT_RECYCLE, metavar="N",
                         help="run every N trials in a fresh process forked from this one "
                         "(which loads the data once), so the memory TensorFlow keeps from "

@@ -15,8 +15,9 @@ from cifar_search.errors import CifarSearchError
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PRUNERS = ("screen", "median", "hyperband", "none")
-# Trials the sampler draws at random before TPE models the study (Optuna's default).
-RANDOM_TRIALS = 10
+# Trials the sampler draws at random before TPE models the study: 3, not Optuna's 10, which in
+# a cold start's first half hour left TPE hardly a trial (docs/PERFORMANCE.md, section 10).
+RANDOM_TRIALS = 3
 # "variants": batch norm and dropout may be searched; "prescribed": the bare layers only.
 LAYERS = ("variants", "prescribed")
 # The per-epoch curves a trial records (its "history" user attribute, with "seconds").
