@@ -106,7 +106,7 @@ def test_the_sampler_models_the_study_after_its_random_trials():
     random = proposal(optuna.samplers.RandomSampler(seed=1))
     assert proposal(make_sampler(1, random_trials=4)) == random
     assert proposal(make_sampler(1, random_trials=3)) != random
-    assert proposal(make_sampler(1)) == random  # 10 by default.
+    assert proposal(make_sampler(1)) != random  # 3 by default: TPE's from the 4th trial.
 
 
 def test_trial_seeds_differ_by_trial_and_by_base():
