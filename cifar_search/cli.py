@@ -281,8 +281,9 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pruner", choices=PRUNERS,
                         help="stop lagging trials early: 'screen' trains each trial 2 epochs "
                         "with its schedule fitted to them first and goes on only with the top "
-                        "quarter (budgets over 4 epochs); 'median' judges from half the "
-                        "epochs (frozen; default: screen)")
+                        "quarter (budgets over 4 epochs); 'ladder' keeps the top third, then "
+                        "trains them 6 epochs and keeps the top third again (budgets over 12); "
+                        "'median' judges from half the epochs (frozen; default: screen)")
     parser.add_argument("--layers", choices=("variants", "prescribed"),
                         help="'prescribed': search the recipe for the bare prescribed layers "
                         "only; 'variants': batch norm and dropout may be added (frozen; "

@@ -14,7 +14,7 @@ from cifar_search.errors import CifarSearchError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
-PRUNERS = ("screen", "median", "hyperband", "none")
+PRUNERS = ("screen", "ladder", "median", "hyperband", "none")
 # Trials the sampler draws at random before TPE models the study: 3, not Optuna's 10, which in
 # a cold start's first half hour left TPE hardly a trial (docs/PERFORMANCE.md, section 10).
 RANDOM_TRIALS = 3

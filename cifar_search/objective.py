@@ -126,41 +126,67 @@ class Objective:
     def _screen(self, trial: optuna.Trial, config: TrainConfig,
                 between_batches: Callable[[], None] | None) -> None:
         """Train the short run of :mod:`cifar_search.screening`, report it at its step, and
-        hold the trial or prune it if it lags. A retry of a trial that was kept or held
-        reports it again, and is again kept or held."""
+        hold the trial or prune it if it lags; a kept trial climbs the ladder's second rung
+        where the study has one. A retry of a trial that was kept or held reports it again,
+        and is again kept or held."""
         screen = trial.user_attrs.get(screening.SCREEN_ATTR)
         if screen is not None:  # Judged before its worker died: not judged twice.
             trial.report(screen["val_accuracy"][-1], screening.SCREEN_STEP)
             if ledger.HELD_ATTR in trial.user_attrs:
                 raise optuna.TrialPruned("held after its screen")
-            return
-        epochs = screening.SCREEN_EPOCHS
-        self.log(f"trial {trial.number} screens on {epochs} epochs: {config.describe()}")
-        recorder = training.HistoryRecorder(f"trial {trial.number} screen", epochs, self.log)
+        else:
+            history = self._short_run(trial, config, screening.SCREEN_EPOCHS, "screen",
+                                      between_batches)
+            # Marked held before its short run is reported: a screened trial without the
+            # mark was judged by the pruner, and so ended the holding (screening.to_promote).
+            held = ledger.HELD_ATTR in trial.user_attrs or (
+                self.n_trials is not None
+                and screening.holds(trial.study.get_trials(deepcopy=False), self.n_trials))
+            if held:
+                trial.set_user_attr(ledger.HELD_ATTR, True)
+            trial.report(history["val_accuracy"][-1], screening.SCREEN_STEP)
+            pruned = held or trial.should_prune()
+            trial.set_user_attr(screening.SCREEN_ATTR, history)
+            if held:
+                raise optuna.TrialPruned(f"held after {len(history['val_accuracy'])} epochs, "
+                                         f"for the best of the first {screening.PROMOTE} to "
+                                         f"go on")
+            if pruned:
+                raise optuna.TrialPruned(f"screened out after {screening.SCREEN_EPOCHS} "
+                                         f"epochs")
+        if (screening.climbs(self.study_config)
+                and screening.LADDER_ATTR not in trial.user_attrs):  # Not judged twice.
+            self._climb(trial, config, between_batches)
+
+    def _climb(self, trial: optuna.Trial, config: TrainConfig,
+               between_batches: Callable[[], None] | None) -> None:
+        """Train the ladder's second short run and prune the trial if it lags there; its
+        record is stored once judged, so a retry of a kept trial goes on to its full run."""
+        epochs = screening.LADDER_EPOCHS
+        history = self._short_run(trial, config, epochs, "rung", between_batches)
+        lags = screening.lags_on_rung(trial.study.get_trials(deepcopy=False), trial.number,
+                                      history["val_accuracy"][-1])
+        trial.set_user_attr(screening.LADDER_ATTR, history)
+        if lags:
+            raise optuna.TrialPruned(f"screened out after its {epochs}-epoch rung")
+
+    def _short_run(self, trial: optuna.Trial, config: TrainConfig, epochs: int, label: str,
+                   between_batches: Callable[[], None] | None) -> dict[str, list[float]]:
+        """Train ``config`` from scratch for ``epochs`` with its schedule fitted to them; its
+        curves."""
+        says = {"screen": "screens on", "rung": "climbs a rung of"}[label]
+        self.log(f"trial {trial.number} {says} {epochs} epochs: {config.describe()}")
+        recorder = training.HistoryRecorder(f"trial {trial.number} {label}", epochs, self.log)
         callbacks: list[keras.callbacks.Callback] = [recorder]
         if between_batches is not None:
             callbacks.append(training.BatchHook(between_batches))
         training.train(config.replace(epochs=epochs), self.train_data, self.val_data,
                        callbacks=callbacks)
-        keras.backend.clear_session()  # The full run builds its own model.
+        keras.backend.clear_session()  # The next run builds its own model.
         gc.collect()
         if recorder.non_finite:
-            raise NonFiniteLossError(f"{recorder.non_finite} of its screen")
-        # Marked held before its short run is reported: a screened trial without the mark
-        # was judged by the pruner, and so ended the holding (screening.to_promote).
-        held = ledger.HELD_ATTR in trial.user_attrs or (
-            self.n_trials is not None
-            and screening.holds(trial.study.get_trials(deepcopy=False), self.n_trials))
-        if held:
-            trial.set_user_attr(ledger.HELD_ATTR, True)
-        trial.report(recorder.history["val_accuracy"][-1], screening.SCREEN_STEP)
-        pruned = held or trial.should_prune()
-        trial.set_user_attr(screening.SCREEN_ATTR, recorder.history)
-        if held:
-            raise optuna.TrialPruned(f"held after {epochs} epochs, for the best of the first "
-                                     f"{screening.PROMOTE} to go on")
-        if pruned:
-            raise optuna.TrialPruned(f"screened out after {epochs} epochs")
+            raise NonFiniteLossError(f"{recorder.non_finite} of its {label}")
+        return recorder.history
 
     def _resume(
         self, trial: optuna.Trial, trial_id: int, config: dict

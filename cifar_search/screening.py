@@ -19,7 +19,13 @@ which skips its screen; later trials are screened against all earlier short runs
 replay of docs/PERFORMANCE.md section 10 this reached better trials sooner on both unpruned
 studies and saved more epochs, keeping the best as often.
 
-It is the default pruner: of 17 candidates replayed on two unpruned studies (200 trial
+``--pruner ladder`` adds a rung: a trial its short run keeps (the top ``LADDER_KEEP`` share
+there) trains a second short run of ``LADDER_EPOCHS``, again with its schedule fitted, and goes
+on to its full budget only if that run is in the top ``LADDER_KEEP`` share of the other
+trials' second runs. It is the rung ladder of docs/PERFORMANCE.md, section 10, measured live
+against the default there.
+
+Screening is the default pruner: of 17 candidates replayed on two unpruned studies (200 trial
 orders each), by rules written before the replays, it saved the most epochs (51.0% and 44.3%)
 among those keeping the best within 0.5 points in 90% of the orders (96% and 98%).
 """
@@ -44,6 +50,11 @@ STARTUP_TRIALS = 1
 # The trials a cold study holds before promoting the best (2 reached better trials sooner than
 # 3 or 4 in the replay, by the rule written before it).
 PROMOTE = 2
+# The ladder's second short run, and the share of trials each of its rungs keeps.
+LADDER_EPOCHS = 6
+LADDER_KEEP = 1 / 3
+# The trial's user attribute holding the ladder's second short run, recorded once it is judged.
+LADDER_ATTR = "rung"
 # The step at which a trial reports its short run (full-run epochs are reported from 1).
 SCREEN_STEP = 0
 # The trial's user attribute holding the short run's curves (as "history" holds the full run's).
@@ -51,9 +62,33 @@ SCREEN_ATTR = "screen"
 
 
 def screens(config: StudyConfig) -> bool:
-    """Whether the study's trials are screened: its pruner is ``screen`` and its budget one
-    where screening pays (the short run well under half of it)."""
-    return config.pruner == "screen" and config.max_epochs > 2 * SCREEN_EPOCHS
+    """Whether the study's trials are screened: its pruner is ``screen`` or ``ladder`` and its
+    budget one where screening pays (the short run well under half of it)."""
+    return config.pruner in ("screen", "ladder") and config.max_epochs > 2 * SCREEN_EPOCHS
+
+
+def climbs(config: StudyConfig) -> bool:
+    """Whether the trials a screen keeps train the ladder's second rung: the pruner is
+    ``ladder`` and the rung well under half the budget."""
+    return config.pruner == "ladder" and config.max_epochs > 2 * LADDER_EPOCHS
+
+
+def screen_keep(config: StudyConfig) -> float:
+    """The share of trials the study's screen keeps."""
+    return LADDER_KEEP if config.pruner == "ladder" else SCREEN_KEEP
+
+
+def lags_on_rung(trials: Sequence[FrozenTrial], number: int, value: float,
+                 keep: float = LADDER_KEEP, n_startup_trials: int = STARTUP_TRIALS) -> bool:
+    """Whether trial ``number``, whose second short run ended at ``value``, is below the top
+    ``keep`` share of the other trials' second runs (failed trials' not counted: a failed
+    trial's retry carries its record)."""
+    others = [t.user_attrs[LADDER_ATTR]["val_accuracy"][-1] for t in trials
+              if t.number != number and LADDER_ATTR in t.user_attrs
+              and t.state != TrialState.FAIL]
+    if len(others) < n_startup_trials:
+        return False
+    return bool(value < np.percentile(others, 100 * (1 - keep)))
 
 
 class ScreenPruner(optuna.pruners.BasePruner):
@@ -119,13 +154,15 @@ def to_promote(trials: Sequence[FrozenTrial], promote: int = PROMOTE) -> FrozenT
     return max(held, key=lambda t: t.intermediate_values[SCREEN_STEP])
 
 
+# A trial's runs in the order it trains them: the short runs, then the full run.
+RUNS = (SCREEN_ATTR, LADDER_ATTR, "history")
+
+
 def epochs_trained(user_attrs: Mapping[str, Any]) -> int:
-    """Every epoch a trial trained: its short run's, if screened, and its full run's."""
-    return sum(len(user_attrs.get(key, {}).get("val_accuracy", []))
-               for key in (SCREEN_ATTR, "history"))
+    """Every epoch a trial trained: its short runs', if screened, and its full run's."""
+    return sum(len(user_attrs.get(key, {}).get("val_accuracy", [])) for key in RUNS)
 
 
 def seconds_trained(user_attrs: Mapping[str, Any]) -> list[float]:
-    """The seconds of every epoch a trial trained, short run first."""
-    return [s for key in (SCREEN_ATTR, "history") for s in user_attrs.get(key, {}).get(
-        "seconds", [])]
+    """The seconds of every epoch a trial trained, short runs first."""
+    return [s for key in RUNS for s in user_attrs.get(key, {}).get("seconds", [])]

@@ -63,7 +63,7 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """The study's pruner: screening (:mod:`cifar_search.screening`, for budgets where it
     pays), median (after 5 trials, from half the epochs), Hyperband, or none."""
     if screening.screens(config):
-        return screening.ScreenPruner()
+        return screening.ScreenPruner(keep=screening.screen_keep(config))
     if config.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
                                            n_warmup_steps=median_warmup(config.max_epochs))
@@ -194,9 +194,13 @@ def run_search(
         log(f"study {name!r}: {finished}/{n_trials} trials finished; training on "
             f"{len(train_idx)} images, validating on {len(val_idx)} (split seed "
             f"{config.seed}), up to {config.max_epochs} epochs per trial")
-        if config.pruner == "screen" and not screening.screens(config):
+        if config.pruner in ("screen", "ladder") and not screening.screens(config):
             log(f"screening needs more than {2 * screening.SCREEN_EPOCHS} epochs per trial to "
                 f"pay: no trial of this study is pruned")
+        elif config.pruner == "ladder" and not screening.climbs(config):
+            log(f"the ladder's second rung needs more than {2 * screening.LADDER_EPOCHS} "
+                f"epochs per trial to pay: trials are screened on "
+                f"{screening.SCREEN_EPOCHS} epochs only")
     from cifar_search.objective import Objective  # Deferred: starts Keras.
 
     objective = Objective((images[train_idx], labels[train_idx]),

@@ -153,11 +153,12 @@ def test_a_hold_cut_short_promotes_what_it_held():
     assert screening.to_promote(study.trials).number == 0
 
 
-def screened_search(name: str, url: str, data_dir) -> tuple[list, list[str]]:
+def screened_search(name: str, url: str, data_dir, pruner: str = "screen", max_epochs: int = 5
+                    ) -> tuple[list, list[str]]:
     """Run the trials queued in study ``name``, 3 in all, screened on a small slice; its
     trials and log lines."""
     lines: list[str] = []
-    given = {"train_size": 1500, "val_size": 300, "max_epochs": 5, "pruner": "screen"}
+    given = {"train_size": 1500, "val_size": 300, "max_epochs": max_epochs, "pruner": pruner}
     run_search(name, url, given=given, n_trials=3, data_dir=str(data_dir), presets=[],
                enqueue_baseline=False, log=lines.append)
     return optuna.load_study(study_name=name, storage=url).get_trials(), lines
@@ -257,3 +258,78 @@ def test_a_budget_too_short_to_screen_trains_unscreened_and_says_so(tmp_path, da
     assert "no trial of this study is pruned" in lines[1]
     trial = optuna.load_study(study_name="short", storage=url).trials[0]
     assert "screen" not in trial.user_attrs and list(trial.intermediate_values) == [1]
+
+
+def rung(study: optuna.Study, value: float, state: TrialState = TrialState.PRUNED) -> None:
+    """Add a trial whose ladder rung ended at ``value``."""
+    trial = study.ask()
+    trial.set_user_attr(screening.LADDER_ATTR, {"val_accuracy": [0.1, value]})
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+
+def test_the_ladder_keeps_the_first_on_its_rung_then_the_top_third():
+    study = optuna.create_study(direction="maximize")
+    assert not screening.lags_on_rung(study.trials, 99, 0.1)  # Nothing to compare with yet.
+    rung(study, 0.5)
+    assert screening.lags_on_rung(study.trials, 99, 0.49)
+    assert not screening.lags_on_rung(study.trials, 99, 0.5)
+    rung(study, 0.6, TrialState.COMPLETE)
+    rung(study, 0.9, TrialState.FAIL)  # Its retry carries it: not counted twice.
+    rung(study, 0.7)
+    # The others: 0.5, 0.6, 0.7; the top third starts at their 67th percentile, 0.633.
+    assert screening.lags_on_rung(study.trials, 99, 0.63)
+    assert not screening.lags_on_rung(study.trials, 99, 0.64)
+    # A trial is not compared with itself.
+    assert not screening.lags_on_rung(study.trials[:1], study.trials[0].number, 0.1)
+
+
+def test_the_ladder_applies_where_its_rung_pays():
+    ladder = StudyConfig(pruner="ladder", max_epochs=13)
+    assert screening.screens(ladder) and screening.climbs(ladder)
+    assert screening.screen_keep(ladder) == pytest.approx(1 / 3)
+    assert make_pruner(ladder).keep == pytest.approx(1 / 3)
+    short = StudyConfig(pruner="ladder", max_epochs=12)  # Screened, without the rung.
+    assert screening.screens(short) and not screening.climbs(short)
+    screen = StudyConfig(pruner="screen", max_epochs=15)
+    assert not screening.climbs(screen) and make_pruner(screen).keep == screening.SCREEN_KEEP
+
+
+def test_epochs_trained_counts_the_rung():
+    attrs = {"screen": {"val_accuracy": [0.1] * 2, "seconds": [1.0] * 2},
+             "rung": {"val_accuracy": [0.2] * 6, "seconds": [2.0] * 6},
+             "history": {"val_accuracy": [0.3] * 13, "seconds": [3.0] * 13}}
+    assert screening.epochs_trained(attrs) == 21
+    assert screening.seconds_trained(attrs) == [1.0] * 2 + [2.0] * 6 + [3.0] * 13
+
+
+def test_a_live_ladder_prunes_on_its_rung_and_retries_climb_once(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/ladder.db"
+    study = optuna.create_study(study_name="l", storage=url, direction="maximize")
+    low = {"val_accuracy": [0.1, 0.12], "seconds": [1.0, 1.0]}
+    # Trial 0 stands for the retry of a trial kept on its rung before its worker died: it
+    # neither screens nor climbs again.
+    study.enqueue_trial(params_of(TrainConfig(optimizer="adam", learning_rate=1e-3)),
+                        user_attrs={"screen": low, "rung": low})
+    # Kept by its screen and on its rung (against trial 0's 0.12) if it learns anything.
+    study.enqueue_trial(params_of(TrainConfig(optimizer="adam", learning_rate=1e-3,
+                                              batch_size=64)))
+    # The retry of a trial its screen kept, killed on its rung: it climbs, and lags there
+    # (outside the space on purpose: learns nothing).
+    study.enqueue_trial(params_of(TrainConfig(optimizer="sgd", learning_rate=1e-7)),
+                        user_attrs={"screen": low})
+    trials, lines = screened_search("l", url, data_dir, pruner="ladder", max_epochs=13)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
+    assert trials[0].user_attrs["rung"] == low and trials[2].user_attrs["screen"] == low
+    assert not any(line.startswith(("trial 0 screens", "trial 0 climbs", "trial 2 screens"))
+                   for line in lines)
+    assert any(line.startswith("trial 2 climbs a rung of 6 epochs") for line in lines)
+    for trial in trials[1:]:
+        assert len(trial.user_attrs["rung"]["val_accuracy"]) == 6
+    assert trials[1].user_attrs["rung"]["val_accuracy"][-1] > 0.12
+    assert (trials[2].user_attrs["rung"]["val_accuracy"][-1]
+            < trials[1].user_attrs["rung"]["val_accuracy"][-1])
+    assert "history" not in trials[2].user_attrs
+    assert sorted(trials[1].intermediate_values) == [SCREEN_STEP, *range(1, 14)]
+    assert any("trial 2 pruned" in line for line in lines)
+    records = api.results("l", storage=url).trials
+    assert [r.epochs_run for r in records] == [2 + 2 + 13, 2 + 6 + 13, 2 + 6]
