@@ -8,7 +8,9 @@ and CPU time (all of this process's threads) and both as ratios to the plain mod
 * batch norm at one position only (``conv1``, ``conv2``, or the two Dense layers), with the
   project's layer (:mod:`cifar_search.layers`: TensorFlow's fused kernel on Conv2D outputs,
   Keras' ops on Dense outputs);
-* batch norm everywhere, with the project's layer and with ``keras.layers.BatchNormalization``;
+* batch norm everywhere, with the project's layer (updating its moving statistics every step,
+  as Keras does, or leaving them to precise batch norm, as a study's training does) and with
+  ``keras.layers.BatchNormalization``;
 * the plain model and batch norm everywhere (Keras' layer) compiled with XLA
   (``jit_compile=True``), which fuses batch norm's element-wise work but brings its own
   convolutions;
@@ -27,6 +29,7 @@ Usage: python benchmarks/batch_norm_cost.py [--rounds 6] [--steps 10] [--batch-s
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -38,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from cifar_search import data
+from cifar_search.layers import FusedBatchNormalization
 from cifar_search.model import build_cnn
 
 POSITIONS = ("conv1", "conv2", "dense1", "dense2")
@@ -45,7 +49,6 @@ POSITIONS = ("conv1", "conv2", "dense1", "dense2")
 
 def only_at(*names: str) -> type[keras.layers.Layer]:
     """The project's batch-norm layer where ``names`` say, nothing (identity) elsewhere."""
-    from cifar_search.layers import FusedBatchNormalization
 
     def layer(name: str) -> keras.layers.Layer:
         if name.removesuffix("_bn") in names:
@@ -112,7 +115,6 @@ class BatchNormReluPool(keras.layers.Layer):
 
 def normalized_after_pool() -> keras.Model:
     """``build_cnn(batch_norm=True)`` with each Conv block as Conv -> BatchNormReluPool."""
-    from cifar_search.layers import FusedBatchNormalization
 
     inputs = keras.Input(shape=data.IMAGE_SHAPE, dtype="uint8")
     x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
@@ -199,6 +201,9 @@ def variants() -> dict[str, keras.Model]:
         "Dense layers only": compiled(build_cnn(batch_norm=True,
                                                 batch_norm_layer=only_at("dense1", "dense2"))),
         "everywhere (the project's layer)": compiled(build_cnn(batch_norm=True)),
+        "everywhere (the project's layer, moving statistics left to precise batch norm)":
+            compiled(build_cnn(batch_norm=True, batch_norm_layer=functools.partial(
+                FusedBatchNormalization, update_moving_statistics=False))),
         "everywhere (Keras' layer)": compiled(
             build_cnn(batch_norm=True, batch_norm_layer=keras.layers.BatchNormalization)),
         "plain, XLA": compiled(build_cnn(), jit=True),

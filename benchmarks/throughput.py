@@ -8,8 +8,13 @@ the median over rounds, so a change in host load hits all variants alike. Varian
 * ``cifar-search+aug``: the same with the vectorised flip+shift batch augmentation.
 * ``keras-layers+aug``: RandomFlip + RandomTranslation layers inside the model, numpy input.
 * ``cifar-search+bn-keras``: the project's path with ``keras.layers.BatchNormalization``.
-* ``cifar-search+bn``: the same with the project's batch norm on TensorFlow's fused kernel
-  (:mod:`cifar_search.layers`); the two are printed as epoch-time ratios to ``cifar-search``.
+* ``cifar-search+bn-updating``: the same with the project's batch norm on TensorFlow's fused
+  kernel (:mod:`cifar_search.layers`), updating its moving statistics every step (studies
+  created before precise batch norm);
+* ``cifar-search+bn``: a study's batch-norm epoch as it trains today: the fused layer leaves
+  its moving statistics to precise batch norm (:mod:`cifar_search.precise_bn`), which
+  recomputes them on 1,024 images at the end of the epoch (included);
+  the three are printed as epoch-time ratios to ``cifar-search``.
 
 Usage: python benchmarks/throughput.py [--images 10000] [--rounds 3] [--batch-size 128]
 """
@@ -30,6 +35,7 @@ import keras
 from cifar_search import data, training
 from cifar_search.config import TrainConfig
 from cifar_search.model import build_cnn
+from cifar_search.precise_bn import PreciseBatchNorm
 
 SHIFT = 0.1
 
@@ -91,8 +97,14 @@ def variants(x, y, batch_size: int) -> dict[str, tuple[keras.Model, dict]]:
         "keras-layers+aug": (layers_aug, numpy_args),
         "cifar-search+bn-keras": (keras_bn,
                                   {"x": training.make_dataset(x, y, batch_size, shuffle=True)}),
-        "cifar-search+bn": (training.compiled_model(config.replace(batch_norm=True), len(x)),
-                            {"x": training.make_dataset(x, y, batch_size, shuffle=True)}),
+        "cifar-search+bn-updating": (
+            training.compiled_model(config.replace(batch_norm=True, precise_bn=False), len(x)),
+            {"x": training.make_dataset(x, y, batch_size, shuffle=True)}),
+        "cifar-search+bn": (
+            training.compiled_model(config.replace(batch_norm=True), len(x)),
+            {"x": training.make_dataset(x, y, batch_size, shuffle=True),
+             "callbacks": [PreciseBatchNorm.from_training_set(
+                 x, training.steps_per_epoch(len(x), batch_size), config.seed)]}),
     }
 
 
@@ -136,7 +148,7 @@ def main() -> None:
               f"over cifar-search without augmentation", end="")
     # Under contention from other processes wall time swings; the CPU time the epoch used
     # (all of this process's threads) is steadier, so both ratios are printed.
-    for name in ("cifar-search+bn-keras", "cifar-search+bn"):
+    for name in ("cifar-search+bn-keras", "cifar-search+bn-updating", "cifar-search+bn"):
         ratio = statistics.median(seconds[name]) / statistics.median(seconds["cifar-search"])
         cpu = statistics.median(cpu_seconds[name]) / statistics.median(cpu_seconds["cifar-search"])
         rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(seconds[name], seconds["cifar-search"]))

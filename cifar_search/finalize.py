@@ -71,7 +71,9 @@ def finalize(
     if study_config is None:
         raise CifarSearchError(f"study {study.study_name!r} has no frozen configuration")
 
-    from cifar_search import training  # Deferred: starts Keras, not needed for a refusal.
+    # Deferred: they start Keras, not needed for a refusal.
+    from cifar_search import training
+    from cifar_search.layers import update_moving_statistics
 
     images, labels = data.load_train(data_dir)
     check_fingerprint(study.user_attrs.get(FINGERPRINT_ATTR), data.fingerprint(images, labels))
@@ -92,6 +94,7 @@ def finalize(
             raise CifarSearchError(f"final training diverged ({recorder.non_finite}); "
                                    f"the test set was not evaluated")
         path = output_dir / f"final-{number}-seed{seeded.seed}.keras"
+        update_moving_statistics(model)  # Saved to be used, maybe trained further.
         model.save(path)
         trained.append((seeded.seed, model, path, recorder.history,
                         round(time.perf_counter() - start, 1)))

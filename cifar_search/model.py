@@ -15,6 +15,8 @@ keep the data as uint8 and a saved model can be fed raw CIFAR-10 images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 from keras import layers
 
@@ -29,7 +31,7 @@ def build_cnn(
     batch_norm: bool = False,
     dropout_conv: float = 0.0,
     dropout_dense: float = 0.0,
-    batch_norm_layer: type[layers.Layer] = FusedBatchNormalization,
+    batch_norm_layer: Callable[..., layers.Layer] = FusedBatchNormalization,
 ) -> keras.Model:
     """Build (uncompiled) the prescribed CNN or one of its assignment variants.
 
@@ -37,8 +39,9 @@ def build_cnn(
         batch_norm: insert batch normalization between each Conv/Dense layer and its activation.
         dropout_conv: dropout rate in front of the second Conv layer (0 for none).
         dropout_dense: dropout rate in front of each Dense layer (0 for none).
-        batch_norm_layer: the batch-norm layer class; ``keras.layers.BatchNormalization``
-            computes the same, slower (benchmarks compare the two).
+        batch_norm_layer: makes a batch-norm layer from its ``name``;
+            ``keras.layers.BatchNormalization`` computes the same, slower (benchmarks compare
+            the two).
     """
     for name, rate in (("dropout_conv", dropout_conv), ("dropout_dense", dropout_dense)):
         if not 0.0 <= rate < 1.0:

@@ -8,6 +8,7 @@ network. Nothing here knows of Optuna: callers pass Keras callbacks.
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 import time
@@ -20,6 +21,7 @@ import tensorflow as tf
 
 from cifar_search.config import HISTORY_KEYS, TrainConfig
 from cifar_search.data import to_one_hot
+from cifar_search.layers import FusedBatchNormalization
 from cifar_search.model import build_cnn
 from cifar_search.precise_bn import PreciseBatchNorm
 
@@ -210,6 +212,9 @@ def compiled_model(config: TrainConfig, train_size: int) -> keras.Model:
         batch_norm=config.batch_norm,
         dropout_conv=config.dropout_conv,
         dropout_dense=config.dropout_dense,
+        # Precise batch norm sets the moving statistics itself at the end of every epoch.
+        batch_norm_layer=functools.partial(FusedBatchNormalization,
+                                           update_moving_statistics=not config.precise_bn),
     )
     model.compile(
         optimizer=build_optimizer(config, steps_per_epoch(train_size, config.batch_size)),

@@ -8,20 +8,22 @@ import pytest
 import tensorflow as tf
 
 from cifar_search import training
-from cifar_search.layers import FusedBatchNormalization
+from cifar_search.config import TrainConfig
+from cifar_search.layers import FusedBatchNormalization, update_moving_statistics
 from cifar_search.model import build_cnn
 
 SHAPES = [(6, 5, 5, 4), (9, 6)]  # A conv output (NHWC) and a Dense output.
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
-def _pair(shape, **kwargs):
+def _pair(shape, update_moving_statistics=True, **kwargs):
     """A Keras layer and a fused one with equal, non-trivial weights."""
     rng = np.random.default_rng(1)
     channels = shape[-1]
     weights = [rng.uniform(0.5, 2.0, channels), rng.normal(0, 1, channels),
                rng.normal(0, 1, channels), rng.uniform(0.5, 3.0, channels)]
-    pair = (keras.layers.BatchNormalization(**kwargs), FusedBatchNormalization(**kwargs))
+    pair = (keras.layers.BatchNormalization(**kwargs),
+            FusedBatchNormalization(update_moving_statistics=update_moving_statistics, **kwargs))
     for layer in pair:
         layer.build(shape)
         layer.set_weights([w.astype("float32") for w in weights])
@@ -42,10 +44,11 @@ def _output_and_gradients(layer, x, training):
     return [y, *tape.gradient(loss, [x, layer.gamma, layer.beta])]
 
 
+@pytest.mark.parametrize("update", [True, False], ids=["updating", "not-updating"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["4d", "2d"])
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
-def test_outputs_and_gradients_equal_keras(shape, training):
-    keras_bn, fused = _pair(shape)
+def test_outputs_and_gradients_equal_keras(shape, training, update):
+    keras_bn, fused = _pair(shape, update_moving_statistics=update)
     x = _batch(shape)
     expected = _output_and_gradients(keras_bn, x, training)
     got = _output_and_gradients(fused, x, training)
@@ -72,6 +75,19 @@ def test_moving_statistics_after_training_steps_equal_keras(shape, graph):
     x = _batch(shape, 9)
     np.testing.assert_allclose(fused(x, training=False).numpy(),
                                keras_bn(x, training=False).numpy(), **TOL)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["4d", "2d"])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+def test_a_layer_not_updating_leaves_its_moving_statistics_alone(shape, graph):
+    _, fused = _pair(shape, update_moving_statistics=False)
+    before = [w.numpy() for w in fused.non_trainable_weights]
+    step = tf.function(lambda x: fused(x, training=True)) if graph else (
+        lambda x: fused(x, training=True))
+    for seed in range(3):
+        step(_batch(shape, seed))
+    for e, g in zip(before, fused.non_trainable_weights):
+        np.testing.assert_array_equal(g.numpy(), e, err_msg=g.name)
 
 
 def test_the_comparison_sees_a_different_momentum():
@@ -124,6 +140,23 @@ def test_saved_model_loads_back_with_the_fused_layer(tmp_path):
         for e, g in zip(model.get_layer("dense1_bn").weights,
                         loaded.get_layer("dense1_bn").weights):
             np.testing.assert_array_equal(g.numpy(), e.numpy())
+
+
+def test_a_model_for_users_updates_its_statistics_again():
+    model = training.compiled_model(TrainConfig(batch_norm=True), 1000)  # precise_bn: skips.
+    bn = [layer for layer in model.layers if isinstance(layer, FusedBatchNormalization)]
+    assert len(bn) == 4 and not any(layer.update_moving_statistics for layer in bn)
+    update_moving_statistics(model)
+    loaded = keras.models.clone_model(model)  # From its config, as loading does.
+    assert all(loaded.get_layer(layer.name).update_moving_statistics for layer in bn)
+
+
+@pytest.mark.parametrize("update", [True, False])
+def test_a_saved_layer_keeps_whether_it_updates(update):
+    layer = FusedBatchNormalization(update_moving_statistics=update, momentum=0.9)
+    loaded = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(loaded) is FusedBatchNormalization
+    assert loaded.update_moving_statistics is update and loaded.momentum == 0.9
 
 
 @pytest.mark.parametrize("kwargs", [{"scale": False}, {"center": False}])

@@ -69,3 +69,27 @@ def test_records_from_before_the_setting_keep_the_moving_statistics():
     del frozen["precise_bn"]
     assert not StudyConfig.from_dict(frozen).precise_bn
     assert StudyConfig.from_dict(StudyConfig().to_dict()).precise_bn
+
+
+def test_with_precise_bn_the_layers_leave_the_moving_statistics_to_it(cifar_train):
+    """Skipping the per-step updates changes nothing that is read: the same run with
+    updating layers ends with the same weights, statistics and validation accuracy."""
+    config = TrainConfig(optimizer="adam", learning_rate=1e-3, batch_norm=True, epochs=2,
+                         batch_size=64, augment=True, shift=0.1, flip=True)
+    images, labels = cifar_train[0][:640], cifar_train[1][:640]
+    skipping = training.compiled_model(config, len(images))
+    updating = training.compiled_model(config.replace(precise_bn=False), len(images))
+    updating.set_weights(skipping.get_weights())
+    kinds = {model: [layer.update_moving_statistics for layer in model.layers
+                     if isinstance(layer, keras.layers.BatchNormalization)]
+             for model in (skipping, updating)}
+    assert kinds == {skipping: [False] * 4, updating: [True] * 4}
+    histories = []
+    for model in (skipping, updating):
+        recorder = training.HistoryRecorder("run", config.epochs, lambda line: None)
+        training.train(config, (images, labels), (images[:200], labels[:200]),
+                       callbacks=[recorder], model=model)
+        histories.append(recorder.history["val_accuracy"])
+    assert histories[0] == histories[1]
+    for e, g in zip(updating.weights, skipping.weights):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-6, err_msg=g.name)
