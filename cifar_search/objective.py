@@ -8,6 +8,7 @@ they survive a crash), saves a checkpoint (so a retried trial resumes) and print
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -145,6 +146,8 @@ class Objective:
             if held:
                 trial.set_user_attr(ledger.HELD_ATTR, True)
             trial.report(history["val_accuracy"][-1], screening.SCREEN_STEP)
+            if not held:
+                self._await_peer(trial, sum(history["seconds"]), between_batches)
             pruned = held or trial.should_prune()
             trial.set_user_attr(screening.SCREEN_ATTR, history)
             if held:
@@ -157,6 +160,23 @@ class Objective:
         if (screening.climbs(self.study_config)
                 and screening.LADDER_ATTR not in trial.user_attrs):  # Not judged twice.
             self._climb(trial, config, between_batches)
+
+    def _await_peer(self, trial: optuna.Trial, seconds: float,
+                    between_batches: Callable[[], None] | None) -> None:
+        """Wait while the trial has no other short run to be judged against and another trial
+        is still training its own (:func:`cifar_search.screening.awaits_peer`), at most as
+        long as its own short run took, or ``AWAIT_SECONDS``."""
+        deadline = time.monotonic() + max(seconds, screening.AWAIT_SECONDS)
+        waited = False
+        while (time.monotonic() < deadline and screening.awaits_peer(
+                trial.study.get_trials(deepcopy=False), trial.number)):
+            if not waited:
+                self.log(f"trial {trial.number} waits for another trial's short run, to be "
+                         f"judged against it")
+                waited = True
+            if between_batches is not None:
+                between_batches()
+            time.sleep(1.0)
 
     def _climb(self, trial: optuna.Trial, config: TrainConfig,
                between_batches: Callable[[], None] | None) -> None:

@@ -10,7 +10,9 @@ trial goes on whatever its short run; from the second on, a trial whose short ru
 top ``SCREEN_KEEP`` share of all the others' is pruned, unless the study queued it by name
 (a preset, or the seed's baseline, which a study holds to measure it). A kept trial trains its
 full budget from scratch (reported at steps 1, 2, ...), so it costs ``SCREEN_EPOCHS`` more
-epochs than unscreened.
+epochs than unscreened. With several workers, a trial whose short run ends before any other
+trial's first waits for one still training (:func:`awaits_peer`; at most ``AWAIT_SECONDS`` or
+its own short run's time), rather than go on for want of a comparison.
 
 A cold study (no trial queued by name) would so train its first trial in full whatever its
 short run. Instead it *holds* its first ``PROMOTE`` trials after their short runs (pruned,
@@ -55,6 +57,9 @@ LADDER_EPOCHS = 6
 LADDER_KEEP = 1 / 3
 # The trial's user attribute holding the ladder's second short run, recorded once it is judged.
 LADDER_ATTR = "rung"
+# The least time a screened trial waits for a peer's short run to be judged against
+# (awaits_peer); a peer's worker may have died.
+AWAIT_SECONDS = 60.0
 # The step at which a trial reports its short run (full-run epochs are reported from 1).
 SCREEN_STEP = 0
 # The trial's user attribute holding the short run's curves (as "history" holds the full run's).
@@ -111,14 +116,32 @@ class ScreenPruner(optuna.pruners.BasePruner):
         queued = {PRESET_ATTR, REFERENCE_ATTR} & trial.user_attrs.keys()
         if trial.last_step != SCREEN_STEP or queued:
             return False
-        others = [t.intermediate_values[SCREEN_STEP]
-                  for t in study.get_trials(deepcopy=False, states=(
-                      TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-                  if t.number != trial.number and SCREEN_STEP in t.intermediate_values]
+        others = short_runs(study.get_trials(deepcopy=False), trial.number)
         if len(others) < self.n_startup_trials:
             return False
         threshold = np.percentile(others, 100 * (1 - self.keep))
         return bool(trial.intermediate_values[SCREEN_STEP] < threshold)
+
+
+def short_runs(trials: Sequence[FrozenTrial], number: int) -> list[float]:
+    """The short runs that trial ``number``'s is judged against: every other trial's, pruned
+    and running ones included, failed ones not (a failed trial's retry reports again)."""
+    judged = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return [t.intermediate_values[SCREEN_STEP] for t in trials
+            if t.number != number and t.state in judged and SCREEN_STEP in t.intermediate_values]
+
+
+def awaits_peer(trials: Sequence[FrozenTrial], number: int) -> bool:
+    """Whether trial ``number``, whose short run has ended, waits before it is judged: no other
+    trial has a short run to judge it against yet, and another is still training its own
+    (running, not promoted: a promoted trial skips its screen). Judged at once, it would go on
+    for want of any comparison, so at the start of a study run by several workers the first
+    short run to end trained its full budget whatever it scored."""
+    if short_runs(trials, number):
+        return False
+    return any(t.number != number and t.state == TrialState.RUNNING
+               and SCREEN_STEP not in t.intermediate_values
+               and PROMOTED_ATTR not in t.user_attrs for t in trials)
 
 
 def holds(trials: Sequence[FrozenTrial], n_trials: int, promote: int = PROMOTE) -> bool:

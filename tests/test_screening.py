@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -333,3 +336,58 @@ def test_a_live_ladder_prunes_on_its_rung_and_retries_climb_once(tmp_path, data_
     assert any("trial 2 pruned" in line for line in lines)
     records = api.results("l", storage=url).trials
     assert [r.epochs_run for r in records] == [2 + 2 + 13, 2 + 6 + 13, 2 + 6]
+
+
+def test_a_trial_with_no_short_run_to_be_judged_against_awaits_a_peers():
+    study = optuna.create_study(direction="maximize")
+    peer = study.ask()  # Another worker's trial, still training its short run.
+    mine = study.ask()
+    mine.report(0.3, SCREEN_STEP)
+    assert screening.awaits_peer(study.trials, mine.number)
+    peer.report(0.4, SCREEN_STEP)  # Something to be judged against: no waiting.
+    assert not screening.awaits_peer(study.trials, mine.number)
+    assert screening.short_runs(study.trials, mine.number) == [0.4]
+
+
+@pytest.mark.parametrize("peer_is", ["failed", "promoted", "absent"])
+def test_no_waiting_for_a_peer_that_will_not_screen(peer_is):
+    study = optuna.create_study(direction="maximize")
+    if peer_is != "absent":
+        peer = study.ask()
+        if peer_is == "failed":
+            study.tell(peer, state=TrialState.FAIL)
+        else:  # A promoted full run skips its screen.
+            peer.set_user_attr(ledger.PROMOTED_ATTR, 0)
+    mine = study.ask()
+    mine.report(0.3, SCREEN_STEP)
+    assert not screening.awaits_peer(study.trials, mine.number)
+
+
+def test_a_live_screen_waits_for_a_peers_short_run_to_judge_against(tmp_path, data_dir):
+    """Two workers start a warm-started study: the sampled trial's short run ends first.
+    Judged at once it would go on for want of a comparison; it waits for the preset's."""
+    url = f"sqlite:///{tmp_path}/peer.db"
+    study = optuna.create_study(study_name="p", storage=url, direction="maximize")
+    peer = study.ask()  # The preset, on another worker, still in its short run.
+    peer.set_user_attr(ledger.PRESET_ATTR, "bn-aug-adamw")
+    # Outside the space on purpose (Optuna warns and uses it): learns little in 2 epochs.
+    study.enqueue_trial(params_of(TrainConfig(optimizer="sgd", learning_rate=1e-7)))
+
+    def the_peer_reports_once_mine_has() -> None:
+        deadline = time.monotonic() + 600  # Not forever, should the search fail.
+        while (time.monotonic() < deadline and (len(study.trials) < 2 or SCREEN_STEP
+                                                not in study.trials[1].intermediate_values)):
+            time.sleep(0.1)
+        peer.report(0.9, SCREEN_STEP)
+
+    reporter = threading.Thread(target=the_peer_reports_once_mine_has)
+    reporter.start()
+    lines: list[str] = []
+    run_search("p", url, given={"train_size": 500, "val_size": 200, "max_epochs": 5,
+                                "pruner": "screen"},
+               n_trials=2, data_dir=str(data_dir), presets=[], enqueue_baseline=False,
+               log=lines.append)
+    reporter.join()
+    mine = study.trials[1]
+    assert mine.state == TrialState.PRUNED and "history" not in mine.user_attrs
+    assert ("trial 1 waits for another trial's short run, to be judged against it") in lines
