@@ -164,8 +164,8 @@ class Objective:
     def _await_peer(self, trial: optuna.Trial, seconds: float,
                     between_batches: Callable[[], None] | None) -> None:
         """Wait while the trial has no other short run to be judged against and another trial
-        is still training its own (:func:`cifar_search.screening.awaits_peer`), at most as
-        long as its own short run took, or ``AWAIT_SECONDS``."""
+        is still training its own (:func:`cifar_search.screening.awaits_peer`): at most the
+        longer of its own short run's ``seconds`` and ``AWAIT_SECONDS``."""
         deadline = time.monotonic() + max(seconds, screening.AWAIT_SECONDS)
         waited = False
         while (time.monotonic() < deadline and screening.awaits_peer(

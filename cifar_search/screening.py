@@ -113,8 +113,7 @@ class ScreenPruner(optuna.pruners.BasePruner):
         self.keep, self.n_startup_trials = keep, n_startup_trials
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        queued = {PRESET_ATTR, REFERENCE_ATTR} & trial.user_attrs.keys()
-        if trial.last_step != SCREEN_STEP or queued:
+        if trial.last_step != SCREEN_STEP or queued_by_name(trial):
             return False
         others = short_runs(study.get_trials(deepcopy=False), trial.number)
         if len(others) < self.n_startup_trials:
@@ -131,12 +130,21 @@ def short_runs(trials: Sequence[FrozenTrial], number: int) -> list[float]:
             if t.number != number and t.state in judged and SCREEN_STEP in t.intermediate_values]
 
 
+def queued_by_name(trial: FrozenTrial) -> bool:
+    """Whether the study queued ``trial`` by name (a preset, or the seed's baseline): its
+    screen never prunes it."""
+    return bool({PRESET_ATTR, REFERENCE_ATTR} & trial.user_attrs.keys())
+
+
 def awaits_peer(trials: Sequence[FrozenTrial], number: int) -> bool:
-    """Whether trial ``number``, whose short run has ended, waits before it is judged: no other
-    trial has a short run to judge it against yet, and another is still training its own
-    (running, not promoted: a promoted trial skips its screen). Judged at once, it would go on
-    for want of any comparison, so at the start of a study run by several workers the first
-    short run to end trained its full budget whatever it scored."""
+    """Whether trial ``number``, whose short run has ended, waits before it is judged: it can
+    be pruned (not queued by name), no other trial has a short run to judge it against yet,
+    and another is still training its own (running, not promoted: a promoted trial skips its
+    screen). Judged at once, it would go on for want of any comparison, so at the start of a
+    study run by several workers the first short run to end trained its full budget whatever
+    it scored."""
+    if any(t.number == number and queued_by_name(t) for t in trials):
+        return False
     if short_runs(trials, number):
         return False
     return any(t.number != number and t.state == TrialState.RUNNING

@@ -349,6 +349,16 @@ def test_a_trial_with_no_short_run_to_be_judged_against_awaits_a_peers():
     assert screening.short_runs(study.trials, mine.number) == [0.4]
 
 
+@pytest.mark.parametrize("attr", [ledger.PRESET_ATTR, ledger.REFERENCE_ATTR])
+def test_a_trial_queued_by_name_does_not_wait_it_is_never_pruned(attr):
+    study = optuna.create_study(direction="maximize")
+    study.ask()  # Another worker's trial, still training its short run.
+    mine = study.ask()
+    mine.set_user_attr(attr, "bn-aug-adamw")
+    mine.report(0.3, SCREEN_STEP)
+    assert not screening.awaits_peer(study.trials, mine.number)
+
+
 @pytest.mark.parametrize("peer_is", ["failed", "promoted", "absent"])
 def test_no_waiting_for_a_peer_that_will_not_screen(peer_is):
     study = optuna.create_study(direction="maximize")
