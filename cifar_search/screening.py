@@ -11,8 +11,8 @@ top ``SCREEN_KEEP`` share of all the others' is pruned, unless the study queued 
 (a preset, or the seed's baseline, which a study holds to measure it). A kept trial trains its
 full budget from scratch (reported at steps 1, 2, ...), so it costs ``SCREEN_EPOCHS`` more
 epochs than unscreened. With several workers, a trial whose short run ends before any other
-trial's first waits for one still training (:func:`awaits_peer`; at most ``AWAIT_SECONDS`` or
-its own short run's time), rather than go on for want of a comparison.
+trial's first waits for one still training (:func:`awaits_peer`; at most the longer of
+``AWAIT_SECONDS`` and its own short run's time), rather than go on for want of a comparison.
 
 A cold study (no trial queued by name) would so train its first trial in full whatever its
 short run. Instead it *holds* its first ``PROMOTE`` trials after their short runs (pruned,
@@ -158,7 +158,7 @@ def holds(trials: Sequence[FrozenTrial], n_trials: int, promote: int = PROMOTE) 
     trial judged on its short run: a resumed study is not held again), holds fewer than
     ``promote`` trials, and its total (``n_trials``) leaves room for the rest of them and for
     the promoted full run (so a small study still trains one trial in full)."""
-    if any({PRESET_ATTR, REFERENCE_ATTR, PROMOTED_ATTR} & t.user_attrs.keys() for t in trials):
+    if any(queued_by_name(t) or PROMOTED_ATTR in t.user_attrs for t in trials):
         return False
     if _judged(trials):
         return False
